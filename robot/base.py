@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
 
-class Primitive(str, Enum):
+class Primitive(StrEnum):
     """Interaction primitives every robot implements."""
 
     POKE = "poke"
@@ -73,7 +73,7 @@ class Action:
     primitive: Primitive
     pixel: tuple[float, float]
     angle: float = 0.0
-    push_length: float = 0.10
+    push_length: float = 0.06
 
 
 @dataclass
