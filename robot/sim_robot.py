@@ -1,7 +1,9 @@
 """`SimRobot`: the `Robot` interface over the pybullet twin (`InteractiveTabletop-v0`).
 
 A scene is re-spawned when the env reports too few objects left or after
-`interactions_per_scene` interactions, so long runs see many tables.
+`interactions_per_scene` interactions, so long runs see many tables. The first `get_observation()`
+after `send_action()` always returns the after-capture of that action (never a new scene); a due
+re-spawn happens at the observation after that, i.e. the next interaction's before-capture.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class SimRobot(Robot):
         self._needs_reset = True
         self._scene_count = 0
         self._steps_in_scene = 0
+        self._just_acted = False
 
     # ------------------------------------------------------------------ lifecycle
     def connect(self) -> None:
@@ -72,6 +75,9 @@ class SimRobot(Robot):
     # ------------------------------------------------------------------ Robot API
     def get_observation(self) -> RGBDFrame:
         self._require()
+        if self._just_acted:
+            self._just_acted = False
+            return self._frame
         if self._needs_reset or self._steps_in_scene >= self.cfg.interactions_per_scene:
             obs, info = self.env.reset(seed=self.cfg.seed * 100_003 + self._scene_count)
             self._scene_count += 1
@@ -95,6 +101,7 @@ class SimRobot(Robot):
             }
         )
         self._steps_in_scene += 1
+        self._just_acted = True
         self._needs_reset = bool(terminated or truncated)
         self._set_frame(obs, info["instance_label"])
         gt = {

@@ -49,7 +49,7 @@ class CameraConfig:
     width: int = 320
     height: int = 240
     target: tuple[float, float, float] = (0.55, 0.0, 0.0)
-    distance: float = 0.72
+    distance: float = 0.58
     pitch_deg: float = 62.0
     yaw_deg: float = 0.0
     jitter_target: float = 0.02
@@ -125,6 +125,7 @@ class InteractiveTabletopEnv(gym.Env):
         self.scene.make_textures(np.random.default_rng(0))  # one fixed pool of table textures per env
         self.arm = PandaArm(self.client, self.cfg.arm, self.cfg.timestep)
         self._obs: dict[str, np.ndarray] | None = None
+        self._obs_points: np.ndarray | None = None  # world points of the latest depth (cache)
         self._label: np.ndarray | None = None
         self.timing = {"render_s": 0.0, "renders": 0, "physics_s": 0.0, "physics_steps": 0}  # for sim.bench
 
@@ -162,9 +163,10 @@ class InteractiveTabletopEnv(gym.Env):
         grasp_success = None
         if executed:
             if primitive == "poke":
-                self._poke(target, angle, push_length)
+                reason = self._poke(target, angle, push_length)
             else:
-                grasp_success = self._grasp(target, angle)
+                grasp_success, reason = self._grasp(target, angle)
+            executed = reason == ""
             self.arm.park()
             self._settle(self.cfg.settle_max_s)
             self.scene.remove_fallen()
@@ -268,17 +270,20 @@ class InteractiveTabletopEnv(gym.Env):
 
         This is what a real robot knows (its own depth image), used to choose a safe approach height.
         """
-        obs = self._obs
-        z = obs["depth"]
-        v, u = np.nonzero(z > 0)
-        zz = z[v, u]
-        K = obs["K"]
-        pts = np.stack([(u - K[0, 2]) * zz / K[0, 0], (v - K[1, 2]) * zz / K[1, 1], zz], 1)
-        world = pts @ obs["camera_pose"][:3, :3].T + obs["camera_pose"][:3, 3]
-        near = np.linalg.norm(world[:, :2] - np.asarray(xy)[:2], axis=1) < radius
+        if self._obs_points is None:
+            obs = self._obs
+            z = obs["depth"]
+            v, u = np.nonzero(z > 0)
+            zz = z[v, u]
+            K = obs["K"]
+            pts = np.stack([(u - K[0, 2]) * zz / K[0, 0], (v - K[1, 2]) * zz / K[1, 1], zz], 1)
+            self._obs_points = pts @ obs["camera_pose"][:3, :3].T + obs["camera_pose"][:3, 3]
+        world = self._obs_points
+        near = np.abs(world[:, 0] - xy[0]) < radius
+        near &= np.abs(world[:, 1] - xy[1]) < radius
         return float(world[near, 2].max()) if near.any() else 0.0
 
-    def _poke(self, target: np.ndarray, angle: float, length: float) -> None:
+    def _poke(self, target: np.ndarray, angle: float, length: float) -> str:
         """Push horizontally through `target` along `angle`: start `poke_clearance` before it, end `length` past it."""
         d = np.array([np.cos(angle), np.sin(angle), 0.0])
         lo, hi = self.cfg.poke_height
@@ -287,18 +292,21 @@ class InteractiveTabletopEnv(gym.Env):
         end = np.array([*(target[:2] + d[:2] * length), z])
         yaw = angle + np.pi / 2  # fingers closed, their broad side facing the push
         approach_z = max(self._local_top(start[:2], 0.04) + self.cfg.approach_clearance, z + 0.02)
-        self.arm.place_tool([start[0], start[1], approach_z], yaw, 0.0)
+        if not self.arm.place_tool([start[0], start[1], approach_z], yaw, 0.0):
+            return "unreachable"
         self.arm.move_linear(start, yaw, 0.0, self._step_sim)
         self.arm.move_linear(end, yaw, 0.0, self._step_sim)
         self.arm.move_linear(end + [0, 0, 0.05], yaw, 0.0, self._step_sim, speed=0.8)
+        return ""
 
-    def _grasp(self, target: np.ndarray, yaw: float) -> bool:
+    def _grasp(self, target: np.ndarray, yaw: float) -> tuple[bool, str]:
         """Top-down grasp at `target`; lift; place the held object at a free spot or in the bin."""
         open_w = self.cfg.arm.finger_open
         z = max(float(target[2]) - self.cfg.grasp_depth, 0.008)
         approach_z = max(self._local_top(target[:2], 0.05) + self.cfg.approach_clearance, z + 0.02)
         before = self.scene.poses()
-        self.arm.place_tool([target[0], target[1], approach_z], yaw, open_w)
+        if not self.arm.place_tool([target[0], target[1], approach_z], yaw, open_w):
+            return False, "unreachable"
         self.arm.move_linear([target[0], target[1], z], yaw, open_w, self._step_sim)
         self.arm.set_fingers(0.0, self._step_sim, n_steps=int(0.25 / self.cfg.timestep))
         self.arm.move_linear([target[0], target[1], z + self.cfg.lift_height], yaw, 0.0, self._step_sim)
@@ -319,7 +327,7 @@ class InteractiveTabletopEnv(gym.Env):
             pb.resetBasePositionAndOrientation(o.body, [spot[0], spot[1], new_z], orn, physicsClientId=self.client)
             pb.resetBaseVelocity(o.body, [0, 0, 0], [0, 0, 0], physicsClientId=self.client)
         self.scene.wake()  # teleports do not wake sleeping neighbours
-        return bool(held)
+        return bool(held), ""
 
     @staticmethod
     def _displacement(before, after) -> dict[int, float]:
@@ -366,12 +374,15 @@ class InteractiveTabletopEnv(gym.Env):
         self.timing["renders"] += 1
         if (seg == self.arm.body).any():
             raise RuntimeError("the parked arm is visible in the capture; adjust arm.park_joints or the camera")
-        label = np.zeros(seg.shape, np.int32)
+        lut = np.zeros(max(seg.max(), 0) + 2, np.int32)  # body id -> instance id; index -1 -> 0
         for body, iid in self.scene.body_to_instance().items():
-            label[seg == body] = iid
+            if body < len(lut) - 1:
+                lut[body] = iid
+        label = lut[seg]
         noise = self._noise_rng
         if self.cfg.camera.rgb_noise_std > 0:
             rgb = np.clip(rgb + noise.normal(0, self.cfg.camera.rgb_noise_std, rgb.shape), 0, 255).astype(np.uint8)
         depth = self.cfg.camera.noise.apply(depth, noise)
         obs = {"rgb": rgb, "depth": depth, "K": intr.K.copy(), "camera_pose": self._camera_pose.copy()}
+        self._obs_points = None
         return obs, label

@@ -123,10 +123,16 @@ class PandaArm:
         )
         return list(sol[:7])
 
-    def place_tool(self, pos, yaw: float, fingers: float) -> None:
-        """Kinematic (teleport) move of the tool point to `pos`, iterating IK to convergence."""
-        for _ in range(3):
+    def place_tool(self, pos, yaw: float, fingers: float, tolerance: float = 0.003) -> bool:
+        """Kinematic (teleport) move of the tool point to `pos`. IK is seeded from the ready pose (not
+        from the folded parking pose, where it converges poorly) and iterated until the tool is within
+        `tolerance` metres. Returns False if the pose is unreachable."""
+        self.teleport(REST, fingers)
+        for _ in range(8):
             self.teleport(self.ik(pos, yaw), fingers)
+            if np.linalg.norm(self.tool_position() - np.asarray(pos)) < tolerance:
+                return True
+        return False
 
     # ------------------------------------------------------------------ simulated motion
     def move_linear(self, goal, yaw: float, fingers: float, step, speed: float | None = None) -> None:

@@ -14,6 +14,7 @@ from sim.assets import SPLIT_RANGES, split_object_ids
 from sim.camera import DepthNoise, Lighting, render_rgbd
 from sim.env import CameraConfig, InteractiveTabletopEnv, TabletopConfig
 from sim.scene import ClutterConfig
+from tests.sim_helpers import interior_pixel, most_isolated, narrow_side_yaw, world_points
 
 
 def make_env(level: str = "cluttered", **kw) -> InteractiveTabletopEnv:
@@ -25,31 +26,6 @@ def sparse_env():
     env = make_env("sparse")
     yield env
     env.close()
-
-
-def interior_pixel(label: np.ndarray, iid: int) -> tuple[int, int]:
-    """The pixel of instance `iid` deepest inside its mask (u, v)."""
-    dist = ndimage.distance_transform_edt(label == iid)
-    v, u = np.unravel_index(np.argmax(dist), dist.shape)
-    return int(u), int(v)
-
-
-def world_points(obs: dict, mask: np.ndarray) -> np.ndarray:
-    v, u = np.nonzero(mask & (obs["depth"] > 0))
-    z = obs["depth"][v, u]
-    K = obs["K"]
-    pts = np.stack([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z], 1)
-    return pts @ obs["camera_pose"][:3, :3].T + obs["camera_pose"][:3, 3]
-
-
-def most_isolated(env: InteractiveTabletopEnv, label: np.ndarray) -> int:
-    poses = env.scene.poses()
-    visible = [i for i in np.unique(label) if i > 0 and (label == i).sum() > 60]
-
-    def clearance(i):
-        return min(np.linalg.norm(poses[i][0][:2] - poses[j][0][:2]) for j in poses if j != i)
-
-    return max(visible, key=clearance)
 
 
 def test_registered_and_check_env():
@@ -114,11 +90,7 @@ def test_grasp_isolated_object_takes_it_off_its_spot(sparse_env):
     obs, info = sparse_env.reset(seed=5)
     iid = most_isolated(sparse_env, info["instance_label"])
     u, v = interior_pixel(info["instance_label"], iid)
-    # close the fingers across the object's narrow side (its minor axis on the table, from the point cloud)
-    pts = world_points(obs, info["instance_label"] == iid)[:, :2]
-    evals, evecs = np.linalg.eigh(np.cov((pts - pts.mean(0)).T))
-    minor = evecs[:, 0]
-    yaw = float(np.arctan2(minor[1], minor[0]))
+    yaw = narrow_side_yaw(obs, info["instance_label"] == iid)
     before = sparse_env.scene.poses()[iid][0]
     _, _, _, _, info = sparse_env.step({"primitive": "grasp", "pixel": (u, v), "angle": [yaw]})
     assert info["grasp_success"] is True
