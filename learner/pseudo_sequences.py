@@ -606,7 +606,7 @@ class PastedFrame:
         return int(hits[0])
 
     def visible_areas(self) -> np.ndarray:
-        return self.visible_masks.reshape(len(self.ids), -1).sum(axis=1)
+        return self.visible_masks.sum(axis=(1, 2)) if self.visible_masks.ndim == 3 else np.zeros(0, np.int64)
 
     def boxes(self) -> np.ndarray:
         """(N,4) Mask-to-Box of the visible masks, inclusive (x0,y0,x1,y1); -1 rows if invisible."""

@@ -1,0 +1,185 @@
+"""Whole-image, class-agnostic object hypotheses from a PointSegmenter.
+
+1. seeds: local maxima of the objectness logits (3x3 max-pool NMS) above the threshold, the
+   `max_seeds` strongest per image;
+2. every seed is decoded into a mask in one batch (mask = sigmoid(logit) > mask_threshold);
+3. score = mean objectness probability inside the mask x mean mask probability inside the mask
+   (both in [0,1]: "how object-like is the region" x "how confident is the decoder about it");
+4. greedy mask-IoU NMS, sorted by score, at most `max_hypotheses`.
+
+`propose_from_output` works on a forward() output (torch in, torch out) and is what the trainer and
+the deploy code share; `propose` wraps preprocessing + forward for one numpy/torch RGB-D frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import PointSegmenter, SegmenterConfig, decode_masks, grid_centres
+from .preprocess import make_input, resize_rgbd
+
+
+@dataclass
+class Hypotheses:
+    """Proposals for one image: masks (N,H,W) bool, scores (N,) float, points (N,2) (u,v) seeds."""
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+    points: torch.Tensor
+
+
+def find_seeds(
+    objectness_logits: torch.Tensor,
+    threshold: float = 0.5,
+    max_seeds: int = 60,
+    image_size: tuple[int, int] | None = None,
+    nms_kernel: int = 3,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Local maxima of (B,1,h,w) objectness logits with sigmoid > threshold.
+
+    Returns batch_index (S,), points_uv (S,2) in input pixels (cell centres), seed probabilities (S,),
+    at most max_seeds per image, strongest first within each image.
+    """
+    B, _, h, w = objectness_logits.shape
+    H, W = image_size if image_size is not None else (4 * h, 4 * w)
+    lg = objectness_logits.detach()
+    pooled = F.max_pool2d(lg, nms_kernel, stride=1, padding=nms_kernel // 2)
+    prob = torch.sigmoid(lg)
+    keep = (lg >= pooled) & (prob > threshold)
+    score = torch.where(keep, lg, torch.full_like(lg, -float("inf"))).reshape(B, h * w)
+    k = min(max_seeds, h * w)
+    top, idx = torch.topk(score, k, dim=1)
+    valid = torch.isfinite(top)
+    b = torch.arange(B, device=lg.device).view(B, 1).expand(B, k)[valid]
+    idx = idx[valid]
+    u, v = grid_centres(h, w, H, W, device=lg.device, dtype=torch.float32)
+    pts = torch.stack([u[idx % w], v[idx // w]], dim=1)
+    return b, pts, torch.sigmoid(top[valid])
+
+
+def mask_iou_matrix(masks: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of (N,H,W) bool masks -> (N,N)."""
+    m = masks.reshape(masks.shape[0], -1).float()
+    inter = m @ m.t()
+    area = m.sum(1)
+    union = area.view(-1, 1) + area.view(1, -1) - inter
+    return inter / union.clamp(min=1.0)
+
+
+def mask_nms(masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5) -> torch.Tensor:
+    """Greedy NMS on masks; returns kept indices sorted by decreasing score."""
+    if masks.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=masks.device)
+    order = torch.argsort(scores, descending=True)
+    iou = mask_iou_matrix(masks[order])
+    n = order.shape[0]
+    suppressed = torch.zeros(n, dtype=torch.bool)
+    iou_c = iou.cpu()
+    keep = []
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= iou_c[i] > iou_threshold
+    return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
+
+
+@torch.no_grad()
+def propose_from_output(
+    model_or_config: PointSegmenter | SegmenterConfig,
+    out: dict[str, torch.Tensor],
+    image_size: tuple[int, int] | None = None,
+    max_hypotheses: int = 20,
+    objectness_threshold: float = 0.5,
+    nms_iou: float = 0.5,
+    mask_threshold: float = 0.5,
+    max_seeds: int | None = None,
+    min_area: int = 16,
+) -> list[Hypotheses]:
+    """Proposals for every image of a forward() output (masks at image_size = network input size)."""
+    cfg = model_or_config.config if isinstance(model_or_config, PointSegmenter) else model_or_config
+    obj = out["objectness"]
+    B, _, h, w = obj.shape
+    H, W = image_size if image_size is not None else (4 * h, 4 * w)
+    n_seeds = max_seeds if max_seeds is not None else 3 * max_hypotheses
+    b, pts, _ = find_seeds(obj, objectness_threshold, n_seeds, (H, W))
+    results = []
+    obj_up = F.interpolate(obj.float(), size=(H, W), mode="bilinear", align_corners=False)
+    obj_up = torch.sigmoid(obj_up[:, 0])
+    for i in range(B):
+        sel = b == i
+        p_i = pts[sel]
+        if p_i.shape[0] == 0:
+            results.append(
+                Hypotheses(
+                    torch.zeros((0, H, W), dtype=torch.bool, device=obj.device),
+                    torch.zeros(0, device=obj.device),
+                    torch.zeros((0, 2), device=obj.device),
+                )
+            )
+            continue
+        prob = torch.sigmoid(decode_masks(out, b[sel], p_i, cfg, upsample=True, image_size=(H, W)))
+        masks = prob > mask_threshold
+        area = masks.sum(dim=(1, 2)).float()
+        mf = masks.float()
+        mean_obj = (mf * obj_up[i]).sum(dim=(1, 2)) / area.clamp(min=1)
+        mean_conf = (mf * prob).sum(dim=(1, 2)) / area.clamp(min=1)
+        scores = mean_obj * mean_conf
+        ok = area >= max(min_area, 1)
+        masks, scores, p_i = masks[ok], scores[ok], p_i[ok]
+        keep = mask_nms(masks, scores, nms_iou)[:max_hypotheses]
+        results.append(Hypotheses(masks[keep], scores[keep], p_i[keep]))
+    return results
+
+
+@torch.no_grad()
+def propose(
+    model: PointSegmenter,
+    rgb: np.ndarray | torch.Tensor,
+    depth: np.ndarray | torch.Tensor,
+    K: np.ndarray | torch.Tensor,
+    max_hypotheses: int = 20,
+    objectness_threshold: float = 0.5,
+    nms_iou: float = 0.5,
+    mask_threshold: float = 0.5,
+    net_size: tuple[int, int] | None = None,
+    return_points: bool = False,
+):
+    """Hypotheses for ONE RGB-D frame (rgb (H,W,3) uint8, depth (H,W) metres, K (3,3)).
+
+    net_size: optional (H', W') the network runs at (RGB-D and K resized consistently); masks are
+    always returned at the frame's own resolution. Puts the model in eval mode.
+    Returns (masks (N,H,W) bool, scores (N,) float32) sorted by decreasing score -- numpy arrays if
+    rgb is a numpy array, torch tensors otherwise -- plus seed points (N,2) (u,v) in frame pixels
+    if return_points.
+    """
+    is_np = isinstance(rgb, np.ndarray)
+    H, W = int(rgb.shape[0]), int(rgb.shape[1])
+    r, d, k = rgb, depth, K
+    if net_size is not None and tuple(net_size) != (H, W):
+        r, d, k = resize_rgbd(rgb, depth, K, net_size)
+    dev = next(model.parameters()).device
+    x = make_input(r, d, k, device=dev)
+    model.eval()
+    out = model(x)
+    hyp = propose_from_output(
+        model,
+        out,
+        tuple(x.shape[-2:]),
+        max_hypotheses=max_hypotheses,
+        objectness_threshold=objectness_threshold,
+        nms_iou=nms_iou,
+        mask_threshold=mask_threshold,
+    )[0]
+    masks, scores, pts = hyp.masks, hyp.scores, hyp.points
+    if tuple(x.shape[-2:]) != (H, W):
+        Hn, Wn = x.shape[-2:]
+        masks = F.interpolate(masks.unsqueeze(1).float(), size=(H, W), mode="nearest-exact")[:, 0] > 0.5
+        pts = torch.stack([(pts[:, 0] + 0.5) * (W / Wn) - 0.5, (pts[:, 1] + 0.5) * (H / Hn) - 0.5], dim=1)
+    if is_np:
+        masks, scores, pts = masks.cpu().numpy(), scores.float().cpu().numpy(), pts.cpu().numpy()
+    return (masks, scores, pts) if return_points else (masks, scores)
