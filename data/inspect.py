@@ -1,0 +1,795 @@
+"""Inspect an interaction log: summary statistics, a self-contained HTML report, single interactions.
+
+    python -m data.inspect PATH                       # text summary on stdout
+    python -m data.inspect PATH --json                # the same summary as JSON
+    python -m data.inspect PATH --html report.html [--max-rows 40 | --rows 3,17,-1] [--thumb-width 160]
+    python -m data.inspect PATH --show -1 [--out last.png]
+
+PATH is a run directory containing `interactions.zarr`, or the `.zarr` log itself. Anything else is
+an error (exit code 2, nothing written).
+
+Summary: committed records; counts per label and per label_reason; positive rate by primitive, over
+time (~10 bins of consecutive records) and by model_version; mask area of positives (mean, median,
+p10, p90, in pixels and % of the image); hypotheses per record; grasp success rate (records with
+grasp_success 0/1); time span of t_start and interactions per hour ((n - 1) start-to-start intervals
+over the t_start span); size of the store on disk and bytes per interaction. Rates are positives /
+all records of the group (`positive_rate`) and positives / (positives + negatives)
+(`positive_rate_valid`, i.e. ignoring INVALID). Scalars come from bulk `read_fields`; the only
+image-sized data read are the masks of positives (for the mask areas), and at most `--mask-sample`
+of them (default 1000, a seeded random sample of the positives, so the output is deterministic and
+a periodic pattern in the log cannot alias it; 0 = all): reading one mask costs ~1 ms, so
+a 10k-record log stays at a few seconds. The summary says when the areas come from a sample.
+
+HTML report (`--html`): one file, no external assets (images are base64 PNG data URIs): the summary
+as tables, matplotlib plots (rolling positive rate vs interaction index, mask-area histogram) and a
+contact sheet of up to `--max-rows` interactions (evenly spaced over the log, or `--rows`): before
+RGB | after RGB | extracted mask over the before image (with the interaction pixel marked) | the
+chosen hypothesis over the before image (or "none"), each with a caption. Thumbnails are
+`--thumb-width` px wide (default 160) with the 2 low bits per channel dropped (invisible; halves the
+PNGs of noisy camera images): ~70 kB per row, ~3 MB for 40 rows of 320x240 camera images.
+
+`--show I`: interaction I (negative counts from the end) as one PNG of the same four panels at full
+resolution, side by side: (H, 4 W) pixels, to `--out` (default `interaction_{I:06d}.png`).
+
+Safe while the loop is appending: the log is opened read-only, the committed count is taken once at
+the start and every read stays below it (records appended meanwhile are not in the report), and
+the store is never modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.log import InteractionLog, LogFormatError
+from data.schema import Label
+
+LABEL_NAMES = tuple(m.name.lower() for m in Label)  # index = Label value
+TIME_BINS = 10
+DEFAULT_MASK_SAMPLE = 1000
+MASK_BATCH = 256  # masks read per call (bounds memory: 256 x 320 x 240 bool = 20 MB)
+
+# RGB colours for overlays
+MASK_COLOUR = (0, 230, 60)
+HYPOTHESIS_COLOUR = (255, 40, 220)
+MARKER_COLOUR = (255, 30, 30)
+LABEL_CSS = {"positive": "#1a7f37", "negative": "#b42318", "invalid": "#6e7781"}
+
+SCALAR_FIELDS = (
+    "label",
+    "label_reason",
+    "primitive",
+    "model_version",
+    "grasp_success",
+    "hypothesis_count",
+    "chosen_hypothesis",
+    "t_start",
+    "robot_kind",
+)
+ROW_FIELDS = (
+    "rgb_before",
+    "rgb_after",
+    "mask",
+    "hypotheses",
+    "chosen_hypothesis",
+    "pixel",
+    "primitive",
+    "label",
+    "label_reason",
+    "model_version",
+    "grasp_success",
+)
+
+
+class InspectError(Exception):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+# ----------------------------------------------------------------------------- opening
+
+
+def resolve_log_path(path: str | os.PathLike) -> Path:
+    """A run directory -> its `interactions.zarr`; anything else is returned unchanged."""
+    p = Path(path)
+    return p / "interactions.zarr" if (p / "interactions.zarr").is_dir() else p
+
+
+def open_log(path: str | os.PathLike) -> InteractionLog:
+    """Open the log at `path` (run directory or .zarr log) read-only; InspectError if it is neither."""
+    p = resolve_log_path(path)
+    try:
+        return InteractionLog.open(p, "r")
+    except FileNotFoundError:
+        raise InspectError(
+            f"{path}: no such file or directory (expected a run directory containing "
+            "interactions.zarr, or an interaction log .zarr)"
+        ) from None
+    except LogFormatError as e:
+        raise InspectError(
+            f"{path}: neither a run directory containing interactions.zarr nor a usable interaction log ({e})"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _rate(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def _label_counts(labels: np.ndarray) -> dict[str, Any]:
+    c = np.bincount(labels.astype(np.int64), minlength=len(LABEL_NAMES))
+    pos, neg, inv = (int(c[int(m)]) for m in (Label.POSITIVE, Label.NEGATIVE, Label.INVALID))
+    n = int(len(labels))
+    return {
+        "n": n,
+        "positive": pos,
+        "negative": neg,
+        "invalid": inv,
+        "positive_rate": _rate(pos, n),
+        "positive_rate_valid": _rate(pos, pos + neg),
+    }
+
+
+def _dir_bytes(path: Path) -> int:
+    """Total size of the files under `path`; files vanishing meanwhile (a writer's temp files) are skipped."""
+    total, stack = 0, [str(path)]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with it:
+            for e in it:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif e.is_file(follow_symlinks=False):
+                        total += e.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    pass
+    return total
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def mask_areas(log: InteractionLog, indices: np.ndarray) -> np.ndarray:
+    """Pixel area of the extracted mask of each record in `indices` (read in batches)."""
+    out = np.zeros(len(indices), dtype=np.int64)
+    for k in range(0, len(indices), MASK_BATCH):
+        m = log.read_field("mask", indices[k : k + MASK_BATCH])
+        out[k : k + len(m)] = m.reshape(len(m), -1).sum(axis=1)
+    return out
+
+
+def summarize(
+    log: InteractionLog, n: int | None = None, *, mask_sample: int = DEFAULT_MASK_SAMPLE
+) -> dict[str, Any]:
+    """Summary statistics of the first `n` committed records (default: the committed count now).
+
+    Returns a JSON-serialisable dict (None where a rate or statistic is undefined). `mask_sample`
+    bounds how many positive masks are read for the area statistics (0 = all).
+    """
+    return _summarize(log, n, mask_sample)[0]
+
+
+def _summarize(log: InteractionLog, n: int | None, mask_sample: int) -> tuple[dict[str, Any], np.ndarray]:
+    """-> (summary, measured mask areas of positives in pixels)."""
+    if n is None:
+        n = log.refresh()
+    H, W = log.height, log.width
+    f = log.read_fields(SCALAR_FIELDS, slice(0, n)) if n else None
+
+    s: dict[str, Any] = {
+        "path": str(log.path),
+        "records": int(n),
+        "height": H,
+        "width": W,
+        "schema_version": log.schema_version,
+        "code_version": log.code_version,
+        "created_unix": log.attrs.get("created_unix"),
+    }
+    if f is None:  # empty log: same keys, nothing to count
+        f = {
+            name: np.zeros(0, dtype=str if name in ("label_reason", "primitive", "robot_kind") else np.int64)
+            for name in SCALAR_FIELDS
+        }
+    labels = f["label"].astype(np.int64)
+    s["labels"] = _label_counts(labels)
+
+    reasons, counts = np.unique(f["label_reason"], return_counts=True)
+    order = sorted(range(len(reasons)), key=lambda k: (-counts[k], str(reasons[k])))
+    s["label_reasons"] = {str(reasons[k]): int(counts[k]) for k in order}
+    kinds, kcounts = np.unique(f["robot_kind"], return_counts=True)
+    s["robot_kinds"] = {str(k): int(c) for k, c in zip(kinds, kcounts, strict=True)}
+
+    s["by_primitive"] = {
+        str(p): _label_counts(labels[f["primitive"] == p]) for p in np.unique(f["primitive"])
+    }
+    bins = np.array_split(np.arange(n), min(TIME_BINS, n)) if n else []
+    s["over_time"] = [{"start": int(b[0]), "stop": int(b[-1]) + 1, **_label_counts(labels[b])} for b in bins]
+    s["by_model_version"] = [
+        {"model_version": int(v), **_label_counts(labels[f["model_version"] == v])}
+        for v in np.unique(f["model_version"])
+    ]
+
+    # mask areas of positives (the only image-sized reads), a seeded random sample if there are many
+    pos = np.flatnonzero(labels == int(Label.POSITIVE))
+    chosen = pos
+    if mask_sample and len(pos) > mask_sample:
+        chosen = np.sort(np.random.default_rng(0).choice(pos, mask_sample, replace=False))
+    areas = mask_areas(log, chosen).astype(np.float64)
+    npx = H * W
+
+    def stat(v: float | None) -> dict[str, float | None]:
+        return {"pixels": v, "percent": None if v is None else 100.0 * v / npx}
+
+    have = len(areas) > 0
+    s["mask_area_positive"] = {
+        "positives": int(len(pos)),
+        "measured": int(len(chosen)),
+        "sampled": bool(len(chosen) < len(pos)),
+        "empty": int((areas == 0).sum()),
+        "image_pixels": npx,
+        **{
+            k: stat(float(fn(areas)) if have else None)
+            for k, fn in (
+                ("mean", np.mean),
+                ("median", np.median),
+                ("p10", lambda a: np.percentile(a, 10)),
+                ("p90", lambda a: np.percentile(a, 90)),
+            )
+        },
+    }
+
+    hc = f["hypothesis_count"]
+    s["hypotheses"] = {
+        "mean_per_record": float(hc.mean()) if n else None,
+        "max_per_record": int(hc.max()) if n else None,
+        "records_with_chosen": int((f["chosen_hypothesis"] >= 0).sum()),
+    }
+    gs = f["grasp_success"].astype(np.int64)
+    known = (gs == 0) | (gs == 1)
+    s["grasp"] = {
+        "grasps": int((f["primitive"] == "grasp").sum()),
+        "known_outcome": int(known.sum()),
+        "success": int((gs == 1).sum()),
+        "success_rate": _rate(int((gs == 1).sum()), int(known.sum())),
+    }
+
+    ts = f["t_start"].astype(np.float64)
+    if n:
+        lo, hi = float(ts.min()), float(ts.max())
+        span = hi - lo
+        s["time"] = {
+            "t_start_min": lo,
+            "t_start_max": hi,
+            "start": _iso(lo),
+            "end": _iso(hi),
+            "span_hours": span / 3600.0,
+            "interactions_per_hour": (n - 1) / span * 3600.0 if span > 0 else None,
+        }
+    else:
+        s["time"] = dict.fromkeys(
+            ("t_start_min", "t_start_max", "start", "end", "span_hours", "interactions_per_hour")
+        )
+
+    size = _dir_bytes(log.path)
+    s["disk"] = {"bytes": size, "human": human_bytes(size), "bytes_per_interaction": _rate(size, n)}
+    return s, areas
+
+
+# ----------------------------------------------------------------------------- text / tables
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _num(x: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _rate_cells(c: dict[str, Any]) -> list[str]:
+    return [
+        str(c["n"]),
+        str(c["positive"]),
+        str(c["negative"]),
+        str(c["invalid"]),
+        _pct(c["positive_rate"]),
+        _pct(c["positive_rate_valid"]),
+    ]
+
+
+RATE_HEADERS = ["n", "positive", "negative", "invalid", "positive rate", "of valid"]
+
+
+def sections(s: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The summary as (title, column headers, rows of strings) tables: shared by text and HTML."""
+    n = s["records"]
+    t, d, h, g, m = s["time"], s["disk"], s["hypotheses"], s["grasp"], s["mask_area_positive"]
+    kinds = ", ".join(f"{k} {v}" for k, v in s["robot_kinds"].items()) or "-"
+    overview = [
+        ["records", f"{n} committed"],
+        ["images", f"{s['width']} x {s['height']} px"],
+        ["robot", kinds],
+        ["code version", s["code_version"] or "-"],
+        [
+            "time span (t_start)",
+            "-" if t["start"] is None else f"{t['start']} .. {t['end']} ({t['span_hours']:.2f} h)",
+        ],
+        ["interactions / hour", _num(t["interactions_per_hour"])],
+        ["disk", f"{d['human']} ({d['bytes']:,} bytes)"],
+        [
+            "per interaction",
+            "-" if d["bytes_per_interaction"] is None else human_bytes(d["bytes_per_interaction"]),
+        ],
+        [
+            "hypotheses / record",
+            "-"
+            if h["mean_per_record"] is None
+            else f"{h['mean_per_record']:.2f} mean, {h['max_per_record']} max; "
+            f"{h['records_with_chosen']} records with a chosen hypothesis",
+        ],  # fmt: skip
+        [
+            "grasp success",
+            f"{g['success']}/{g['known_outcome']} = {_pct(g['success_rate'])} "
+            f"(records with grasp_success 0/1; {g['grasps']} grasps)",
+        ],
+    ]
+    lab = s["labels"]
+    labels = [
+        [name, str(lab[name]), _pct(_rate(lab[name], n))] for name in ("positive", "negative", "invalid")
+    ]
+    reasons = [[r or "(none)", str(c), _pct(_rate(c, n))] for r, c in s["label_reasons"].items()]
+    prim = [[p, *_rate_cells(c)] for p, c in s["by_primitive"].items()]
+    prim.append(["all", *_rate_cells(lab)])
+    over_time = [
+        [str(b["start"]) if b["stop"] - b["start"] == 1 else f"{b['start']}-{b['stop'] - 1}", *_rate_cells(b)]
+        for b in s["over_time"]
+    ]
+    models = [[str(b["model_version"]), *_rate_cells(b)] for b in s["by_model_version"]]
+    area_title = f"Mask area of positives (pixels; % of the {m['image_pixels']}-pixel image)"
+    if m["sampled"]:
+        area_title += f" - from a random sample of {m['measured']} of {m['positives']} positives"
+    areas = [
+        [k, _num(m[k]["pixels"]), _num(m[k]["percent"], "{:.2f}%")] for k in ("mean", "median", "p10", "p90")
+    ]
+    areas.append(["empty masks", str(m["empty"]), _pct(_rate(m["empty"], m["measured"]))])
+    return [
+        ("Overview", ["", ""], overview),
+        ("Labels", ["label", "n", "%"], labels),
+        ("Label reasons", ["reason", "n", "%"], reasons),
+        ("Positive rate by primitive", ["primitive", *RATE_HEADERS], prim),
+        (f"Positive rate over time ({len(over_time)} bins of consecutive records)",
+         ["records", *RATE_HEADERS], over_time),
+        ("Positive rate by model version", ["model", *RATE_HEADERS], models),
+        (area_title, ["statistic", "pixels", "% of image"], areas),
+    ]  # fmt: skip
+
+
+def format_text(s: dict[str, Any]) -> str:
+    out = [f"Interaction log {s['path']}"]
+    for title, headers, rows in sections(s):
+        out.append("")
+        out.append(title)
+        if title == "Overview":
+            width = max(len(r[0]) for r in rows)
+            out.extend(f"  {k:<{width}}  {v}" for k, v in rows)
+            continue
+        if not rows:
+            out.append("  (no records)")
+            continue
+        cols = list(zip(headers, *rows, strict=True))
+        widths = [max(len(c) for c in col) for col in cols]
+
+        def line(cells: list[str], widths: list[int] = widths) -> str:
+            first = f"{cells[0]:<{widths[0]}}"
+            rest = [f"{c:>{w}}" for c, w in zip(cells[1:], widths[1:], strict=True)]
+            return "  " + "  ".join([first, *rest]).rstrip()
+
+        out.append(line(headers))
+        out.extend(line(r) for r in rows)
+    return "\n".join(out) + "\n"
+
+
+def to_json(s: dict[str, Any]) -> str:
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(s), indent=2, allow_nan=False)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _fit(n_px: int, scale: float) -> int:
+    return max(1, round(n_px * scale))
+
+
+def panels(f: dict[str, Any], width: int | None = None) -> list[np.ndarray]:
+    """The four (h, w, 3) uint8 RGB panels of one record's fields: before | after | mask | hypothesis.
+
+    `f` holds ROW_FIELDS of one record. `width`: panel width in pixels (None = full resolution).
+    """
+    import cv2
+
+    before, after = np.ascontiguousarray(f["rgb_before"]), np.ascontiguousarray(f["rgb_after"])
+    H, W = before.shape[:2]
+    scale = 1.0 if width is None else width / W
+    size = (_fit(W, scale), _fit(H, scale))
+    full = size == (W, H)
+
+    def img(x: np.ndarray) -> np.ndarray:
+        return x.copy() if full else cv2.resize(x, size, interpolation=cv2.INTER_AREA)
+
+    def msk(m: np.ndarray) -> np.ndarray:
+        m = np.asarray(m, dtype=bool)
+        if full:
+            return m
+        return cv2.resize(m.astype(np.uint8) * 255, size, interpolation=cv2.INTER_AREA) >= 128
+
+    thick = max(1, round(min(size) / 160))
+
+    def overlay(base: np.ndarray, m: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+        out = base.astype(np.float32)
+        out[m] = 0.5 * out[m] + 0.5 * np.array(colour, np.float32)
+        out = np.ascontiguousarray(out.round().clip(0, 255).astype(np.uint8))
+        contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, colour, thick)
+        return out
+
+    def marker(out: np.ndarray) -> np.ndarray:
+        u, v = (float(c) for c in np.asarray(f["pixel"], dtype=np.float64))
+        if math.isfinite(u) and math.isfinite(v):
+            x, y = round((u + 0.5) * scale - 0.5), round((v + 0.5) * scale - 0.5)
+            r = max(3, round(min(size) / 20))
+            cv2.drawMarker(out, (x, y), (255, 255, 255), cv2.MARKER_CROSS, 2 * r + 2, thick + 2)
+            cv2.drawMarker(out, (x, y), MARKER_COLOUR, cv2.MARKER_CROSS, 2 * r, thick)
+        return out
+
+    b = img(before)
+    mask_panel = marker(overlay(b, msk(f["mask"]), MASK_COLOUR))
+    k = int(f["chosen_hypothesis"])
+    hyps = f["hypotheses"]
+    if 0 <= k < len(hyps):
+        hyp_panel = marker(overlay(b, msk(hyps[k]), HYPOTHESIS_COLOUR))
+    else:
+        hyp_panel = np.ascontiguousarray((b.astype(np.float32) * 0.35).astype(np.uint8))
+        fs = max(0.3, size[0] / 320)
+        (tw, th), _ = cv2.getTextSize("none", cv2.FONT_HERSHEY_SIMPLEX, fs, thick)
+        org = ((size[0] - tw) // 2, (size[1] + th) // 2)
+        cv2.putText(hyp_panel, "none", org, cv2.FONT_HERSHEY_SIMPLEX, fs, (255, 255, 255), thick, cv2.LINE_AA)
+    return [b, img(after), mask_panel, hyp_panel]
+
+
+def png_bytes(rgb: np.ndarray, *, drop_bits: int = 0, level: int = 6) -> bytes:
+    """PNG of an RGB uint8 image. `drop_bits` zeroes that many low bits per channel (for thumbnails:
+    2 bits are invisible and halve the PNG of a noisy camera image)."""
+    import cv2
+
+    if drop_bits:
+        rgb = rgb & np.uint8((0xFF << drop_bits) & 0xFF)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, level])
+    if not ok:
+        raise OSError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def caption(i: int, f: dict[str, Any], npx: int) -> str:
+    label = LABEL_NAMES[int(f["label"])]
+    reason = f" ({f['label_reason']})" if f["label_reason"] else ""
+    area = int(np.count_nonzero(f["mask"]))
+    grasp = {1: ", grasp succeeded", 0: ", grasp failed"}.get(int(f["grasp_success"]), "")
+    return (
+        f"#{i} {f['primitive']} - {label}{reason}{grasp} - model {int(f['model_version'])} - "
+        f"mask {area} px ({100 * area / npx:.2f}%)"
+    )
+
+
+# ----------------------------------------------------------------------------- HTML report
+
+
+def _plots(log: InteractionLog, n: int, s: dict[str, Any], areas_px: np.ndarray) -> list[tuple[str, bytes]]:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    f = log.read_fields(("label", "model_version"), slice(0, n)) if n else None
+
+    fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
+    if f is not None:
+        pos = (f["label"] == int(Label.POSITIVE)).astype(np.float64)
+        w = int(min(200, max(1, n // 10)))
+        roll = np.convolve(pos, np.ones(w) / w, mode="valid")
+        ax.plot(np.arange(len(roll)) + (w - 1) / 2, 100 * roll, lw=1.5, label=f"rolling mean, window {w}")
+        for b in s["over_time"]:
+            ax.hlines(100 * b["positive_rate"], b["start"] - 0.5, b["stop"] - 0.5, colors="tab:orange", lw=2)
+        ax.plot([], [], color="tab:orange", lw=2, label="per bin")
+        changes = np.flatnonzero(np.diff(f["model_version"])) + 1
+        if 0 < len(changes) <= 30:
+            for c in changes:
+                ax.axvline(c, color="grey", ls=":", lw=0.8)
+            ax.plot([], [], color="grey", ls=":", lw=0.8, label="model version change")
+        ax.set_xlim(-0.5, n - 0.5)
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("interaction index")
+    ax.set_ylabel("positive rate [%]")
+    ax.set_title("Positive rate vs interaction index")
+    ax.grid(alpha=0.3)
+    out.append(("Positive rate vs interaction index", _fig_png(fig, plt, io)))
+
+    fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
+    m = s["mask_area_positive"]
+    areas = 100.0 * np.asarray(areas_px, dtype=np.float64) / m["image_pixels"]
+    if len(areas):
+        ax.hist(areas, bins=min(40, max(5, len(areas) // 5)), color="tab:green", alpha=0.8)
+        for k, ls in (("median", "-"), ("p10", "--"), ("p90", "--")):
+            ax.axvline(m[k]["percent"], color="k", ls=ls, lw=1)
+    else:
+        ax.text(0.5, 0.5, "no positives", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("mask area [% of image]   (lines: median, p10, p90)")
+    ax.set_ylabel("positives")
+    title = "Mask area of positives"
+    if m["sampled"]:
+        title += f" (random sample of {m['measured']} of {m['positives']})"
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    out.append(("Mask area of positives", _fig_png(fig, plt, io)))
+    return out
+
+
+def _fig_png(fig: Any, plt: Any, io: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 24px; color: #1f2328; }
+h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 18px; margin-top: 28px; }
+.meta { color: #57606a; font-size: 13px; }
+.tables { display: flex; flex-wrap: wrap; gap: 12px 28px; align-items: flex-start; }
+table.stats { border-collapse: collapse; font-size: 13px; }
+table.stats caption { text-align: left; font-weight: 600; padding: 4px 0; }
+table.stats th, table.stats td { border-bottom: 1px solid #d0d7de; padding: 3px 8px; text-align: right; }
+table.stats th:first-child, table.stats td:first-child { text-align: left; }
+table.kv td, table.kv td:first-child { text-align: left; }
+table.sheet { border-collapse: collapse; }
+table.sheet th { font-size: 13px; text-align: left; padding: 2px 4px; }
+table.sheet td { padding: 2px; vertical-align: top; }
+table.sheet td.cap { font-size: 12px; padding: 8px 4px 2px; font-family: ui-monospace, monospace; }
+table.sheet img { display: block; image-rendering: auto; }
+.positive { color: #1a7f37; } .negative { color: #b42318; } .invalid { color: #6e7781; }
+img.plot { max-width: 100%; }
+pre { font-size: 12px; background: #f6f8fa; padding: 8px; overflow-x: auto; }
+"""
+
+
+def _table_html(title: str, headers: list[str], rows: list[list[str]]) -> str:
+    e = html.escape
+    head = "" if not any(headers) else "<tr>" + "".join(f"<th>{e(h)}</th>" for h in headers) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    if not rows:
+        body = f'<tr><td colspan="{len(headers)}">(no records)</td></tr>'
+    cls = "stats" if any(headers) else "stats kv"
+    return f'<table class="{cls}"><caption>{e(title)}</caption>{head}{body}</table>'
+
+
+def contact_rows(n: int, max_rows: int, rows: list[int] | None) -> list[int]:
+    """Record indices for the contact sheet: `rows` resolved (negative from the end), else evenly spaced."""
+    if rows is not None:
+        out = []
+        for i in rows:
+            if not -n <= i < n:
+                raise InspectError(f"--rows: interaction index {i} out of range for {n} committed records")
+            out.append(i % n)
+        return out
+    if n == 0 or max_rows <= 0:
+        return []
+    if n <= max_rows:
+        return list(range(n))
+    return sorted({int(x) for x in np.linspace(0, n - 1, max_rows).round()})
+
+
+def build_html(
+    log: InteractionLog,
+    n: int,
+    rows: list[int],
+    *,
+    thumb_width: int = 160,
+    mask_sample: int = DEFAULT_MASK_SAMPLE,
+) -> tuple[str, dict[str, Any]]:
+    """-> (the HTML document, the summary it shows) for the first `n` records; `rows`: contact sheet."""
+    s, areas = _summarize(log, n, mask_sample)
+    e = html.escape
+    npx = log.height * log.width
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Interaction log report - {e(s['path'])}</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>Interaction log report</h1>",
+        f'<p class="meta">{e(s["path"])}<br>{n} committed records (snapshot taken {e(_iso(time.time()))}; '
+        "records appended later are not included)</p>",
+        "<h2>Summary</h2>",
+        '<div class="tables">',
+        *(_table_html(*sec) for sec in sections(s)),
+        "</div>",
+        "<h2>Plots</h2>",
+    ]
+    for title, png in _plots(log, n, s, areas):
+        parts.append(f'<p><img class="plot" alt="{e(title)}" src="{data_uri(png)}"></p>')
+
+    parts.append(f"<h2>Interactions ({len(rows)} of {n})</h2>")
+    if rows:
+        parts.append(
+            '<table class="sheet"><tr><th>before</th><th>after</th>'
+            "<th>mask + pixel</th><th>chosen hypothesis</th></tr>"
+        )
+        for i in rows:
+            f = log.read_fields(ROW_FIELDS, i)
+            label = LABEL_NAMES[int(f["label"])]
+            parts.append(f'<tr><td class="cap {label}" colspan="4">{e(caption(i, f, npx))}</td></tr><tr>')
+            k = int(f["chosen_hypothesis"])
+            names = ("before", "after", "mask", "chosen hypothesis: " + ("none" if k < 0 else str(k)))
+            for name, p in zip(names, panels(f, thumb_width), strict=True):
+                parts.append(
+                    f'<td><img alt="#{i} {name}" width="{p.shape[1]}" height="{p.shape[0]}" '
+                    f'src="{data_uri(png_bytes(p, drop_bits=2, level=3))}"></td>'
+                )
+            parts.append("</tr>")
+        parts.append("</table>")
+    else:
+        parts.append("<p>(no interactions selected)</p>")
+
+    cfg = json.dumps(log.config_snapshot, indent=2, sort_keys=True)
+    parts += [
+        "<h2>Details</h2>",
+        f"<details><summary>summary as JSON</summary><pre>{e(to_json(s))}</pre></details>",
+        f"<details><summary>config snapshot</summary><pre>{e(cfg)}</pre></details>",
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n", s
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _parse_rows(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise InspectError(f"--rows: expected comma-separated integers like 3,17,-1, got {text!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    rows_arg = _parse_rows(args.rows) if args.rows is not None else None
+    if args.max_rows < 0:
+        raise InspectError(f"--max-rows must be >= 0, got {args.max_rows}")
+    if args.thumb_width < 16:
+        raise InspectError(f"--thumb-width must be >= 16, got {args.thumb_width}")
+    if args.mask_sample < 0:
+        raise InspectError(f"--mask-sample must be >= 0, got {args.mask_sample}")
+    if args.out is not None and args.show is None:
+        raise InspectError("--out is only used with --show")
+
+    with open_log(args.path) as log:
+        n = log.refresh()  # the snapshot: every read below stays under this count
+        show_index = None
+        if args.show is not None:
+            if not -n <= args.show < n:
+                raise InspectError(
+                    f"--show: interaction index {args.show} out of range for {n} committed records"
+                    + (f" (valid: 0..{n - 1} or -{n}..-1)" if n else "")
+                )
+            show_index = args.show % n
+        sheet = contact_rows(n, args.max_rows, rows_arg) if args.html is not None else []
+
+        s = None
+        if args.html is not None:
+            doc, s = build_html(log, n, sheet, thumb_width=args.thumb_width, mask_sample=args.mask_sample)
+            data = doc.encode("utf-8")
+            _write_atomic(args.html, data)
+            print(f"wrote {args.html} ({human_bytes(len(data))}, {n} records, {len(sheet)} interaction rows)",
+                  file=sys.stderr)  # fmt: skip
+        if args.json or (args.html is None and args.show is None):
+            if s is None:
+                s = summarize(log, n, mask_sample=args.mask_sample)
+            sys.stdout.write(to_json(s) + "\n" if args.json else format_text(s))
+            sys.stdout.flush()
+
+        if show_index is not None:
+            f = log.read_fields(ROW_FIELDS, show_index)
+            out = args.out if args.out is not None else Path(f"interaction_{show_index:06d}.png")
+            _write_atomic(out, png_bytes(np.concatenate(panels(f), axis=1)))
+            print(f"wrote {out}: {caption(show_index, f, log.height * log.width)}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m data.inspect",
+        description="Summarise an interaction log, write an HTML report, or render one interaction.",
+        epilog="Exit codes: 0 ok, 2 bad arguments / not a log / index out of range.",
+    )
+    ap.add_argument("path", help="run directory containing interactions.zarr, or the .zarr log itself")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--html", type=Path, metavar="REPORT", help="write a self-contained HTML report")
+    ap.add_argument("--max-rows", type=int, default=40,
+                    help="interactions in the report's contact sheet, evenly spaced (default 40)")  # fmt: skip
+    ap.add_argument("--rows", metavar="I,J,K", help="contact-sheet interactions (overrides --max-rows)")
+    ap.add_argument("--thumb-width", type=int, default=160, help="contact-sheet panel width in px")
+    ap.add_argument(
+        "--show", type=int, metavar="I", help="write interaction I (negative: from the end) as PNG"
+    )
+    ap.add_argument("--out", type=Path, help="PNG path for --show (default interaction_{I:06d}.png)")
+    ap.add_argument("--mask-sample", type=int, default=DEFAULT_MASK_SAMPLE,
+                    help="at most this many positive masks are read for the area statistics (0 = all)")  # fmt: skip
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for k in range(len(argv) - 1):  # let `--rows -1,3` through (argparse takes "-1,3" for an option)
+        if argv[k] == "--rows" and argv[k + 1][:1] == "-" and argv[k + 1][1:2].isdigit():
+            argv[k : k + 2] = [f"--rows={argv[k + 1]}"]
+            break
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except InspectError as e:
+        print(f"inspect: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
