@@ -1,0 +1,115 @@
+"""Structured (typed) configuration of `run_loop.py`, registered with Hydra's ConfigStore.
+
+The YAML files in `configs/` extend these schemas, so a misspelt key or a value of the wrong type
+fails when Hydra composes the config, naming the key; `validate()` then checks ranges and names the
+offending key too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from data.frame_diff import FrameDiffConfig
+from learner.agent import AgentConfig
+from learner.loop import LoopSettings
+from learner.train import TrainConfig
+from robot.sim_robot import SimRobotConfig
+
+
+@dataclass
+class SimRobotSchema(SimRobotConfig):
+    kind: str = "sim"
+
+
+@dataclass
+class FrankaRobotSchema:
+    """A Franka Panda via franky-control and a RealSense camera (the `franka` extra)."""
+
+    kind: str = "franka"
+    ip: str = "172.16.0.2"
+    dry_run: bool = True
+    confirm: bool = True
+    calibration: str = "configs/robot/franka_calibration.yaml"
+    width: int = 640
+    height: int = 480
+
+
+@dataclass
+class ModelSchema:
+    """Network size (see learner/model.py SegmenterConfig)."""
+
+    stem_width: int = 24
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    depths: list[int] = field(default_factory=lambda: [1, 2, 2])
+    fpn_width: int = 64
+    embed_dim: int = 16
+
+
+@dataclass
+class LearnerSchema(TrainConfig):
+    """Training settings (learner/train.py TrainConfig) plus the network size."""
+
+    model: ModelSchema = field(default_factory=ModelSchema)
+
+
+@dataclass
+class LoopAppConfig:
+    robot: Any = MISSING
+    learner: LearnerSchema = field(default_factory=LearnerSchema)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    loop: LoopSettings = field(default_factory=LoopSettings)
+    frame_diff: FrameDiffConfig = field(default_factory=FrameDiffConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="loop_app_schema", node=LoopAppConfig)
+    cs.store(group="robot", name="sim_schema", node=SimRobotSchema)
+    cs.store(group="robot", name="franka_schema", node=FrankaRobotSchema)
+    cs.store(group="learner", name="learner_schema", node=LearnerSchema)
+    cs.store(group="agent", name="agent_schema", node=AgentConfig)
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ValueError(f"config error at '{key}': {msg}")
+
+
+def validate(cfg: Any) -> None:
+    """Range checks that types alone cannot express; every message names the key."""
+    loop = cfg.loop
+    _check(loop.interactions >= 0, "loop.interactions", f"must be >= 0, got {loop.interactions}")
+    _check(loop.update_interval >= 1, "loop.update_interval", f"must be >= 1, got {loop.update_interval}")
+    _check(loop.train_steps >= 0, "loop.train_steps", f"must be >= 0, got {loop.train_steps}")
+    _check(loop.time_budget >= 0, "loop.time_budget", f"must be >= 0 seconds, got {loop.time_budget}")
+    _check(loop.eval_interval >= 0, "loop.eval_interval", f"must be >= 0, got {loop.eval_interval}")
+    _check(loop.eval_scenes >= 0, "loop.eval_scenes", f"must be >= 0, got {loop.eval_scenes}")
+    _check(loop.eval_split in ("train", "val", "test"), "loop.eval_split", f"must be train/val/test, got {loop.eval_split!r}")
+    _check(cfg.robot.kind in ("sim", "franka"), "robot.kind", f"must be 'sim' or 'franka', got {cfg.robot.kind!r}")
+    if cfg.robot.kind == "sim":
+        _check(cfg.robot.clutter in ("sparse", "cluttered", "piled"), "robot.clutter",
+               f"must be sparse/cluttered/piled, got {cfg.robot.clutter!r}")
+        _check(cfg.robot.split in ("train", "val", "test"), "robot.split", f"must be train/val/test, got {cfg.robot.split!r}")
+        _check(cfg.robot.width % 16 == 0 and cfg.robot.height % 16 == 0, "robot.width/height",
+               "must be multiples of 16 (network strides)")
+    lr = cfg.learner
+    _check(lr.loss in ("robust", "bce_dice"), "learner.loss", f"must be robust or bce_dice, got {lr.loss!r}")
+    _check(0 < lr.tau <= 1, "learner.tau", f"must be in (0, 1], got {lr.tau}")
+    _check(lr.batch_size >= 1, "learner.batch_size", f"must be >= 1, got {lr.batch_size}")
+    _check(lr.lr > 0, "learner.lr", f"must be > 0, got {lr.lr}")
+    _check(0 <= lr.pseudo_fraction <= 1, "learner.pseudo_fraction", f"must be in [0, 1], got {lr.pseudo_fraction}")
+    ag = cfg.agent
+    _check(ag.selection in ("uniform", "uncertain"), "agent.selection", f"must be uniform or uncertain, got {ag.selection!r}")
+    _check(ag.primitive in ("poke", "grasp", "alternate", "learned"), "agent.primitive",
+           f"must be poke/grasp/alternate/learned, got {ag.primitive!r}")
+    _check(0 <= ag.exploration <= 1, "agent.exploration", f"must be in [0, 1], got {ag.exploration}")
+
+
+def to_dataclass(cls: type, node: Any) -> Any:
+    """Build a plain dataclass from a config node, taking only the fields `cls` has."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in dict(node).items() if k in names})

@@ -1,0 +1,64 @@
+"""Build an `InteractiveLoop` from a composed Hydra config, and print its end-of-run summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from data.frame_diff import FrameDiffConfig
+from learner.agent import AgentConfig
+from learner.loop import InteractiveLoop, LoopSettings
+from learner.loop_config import to_dataclass, validate
+from learner.model import SegmenterConfig
+from learner.train import TrainConfig
+from robot.base import Robot
+
+
+def make_robot(node: Any) -> Robot:
+    if node.kind == "sim":
+        from robot.sim_robot import SimRobot, SimRobotConfig
+
+        return SimRobot(to_dataclass(SimRobotConfig, node))
+    try:
+        from robot.franka import FrankaRobot  # noqa: F401  (needs the `franka` extra)
+    except ImportError as e:
+        raise ImportError(
+            f"robot=franka needs the real-robot packages: run `bash scripts/setup.sh franka` ({e})"
+        ) from e
+    raise ValueError("robot=franka: the FrankaRobot integration is not part of this version yet")
+
+
+def build_loop(cfg: DictConfig, run_dir: str) -> InteractiveLoop:
+    validate(cfg)
+    m = cfg.learner.model
+    model_cfg = SegmenterConfig(stem_width=m.stem_width, widths=tuple(m.widths), depths=tuple(m.depths),
+                                fpn_width=m.fpn_width, embed_dim=m.embed_dim)
+    train_cfg = to_dataclass(TrainConfig, cfg.learner)
+    train_cfg.seed = int(cfg.loop.seed)
+    return InteractiveLoop(
+        run_dir, make_robot(cfg.robot), to_dataclass(LoopSettings, cfg.loop), train_cfg, model_cfg,
+        to_dataclass(AgentConfig, cfg.agent), to_dataclass(FrameDiffConfig, cfg.frame_diff),
+        config_snapshot=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    def f(x: Any) -> str:
+        return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+    rows = [
+        ("interactions (total / this run)", f"{s['interactions_total']} / {s['interactions_this_run']}"),
+        ("positive rate this run", f(s["positive_rate_this_run"])),
+        ("object-hit rate, model proposals (sim GT)", f(s["hit_rate_model_proposals_gt"])),
+        ("object-hit rate, exploration / cold start (sim GT)", f(s["hit_rate_exploration_gt"])),
+        ("model version / train steps / train s", f"v{s['model_version']} / {s['train_steps']} / {s['train_seconds']:.0f}"),
+    ]
+    for k, v in s["eval"].items():
+        rows.append((f"held-out {k}", f"{f(v)} (depth clustering {f(s['baseline_depth_clustering'].get(k))})"))
+    rows += [("run directory", s["run_dir"]), ("interaction log", s["log"]), ("deployable model", s["model"]),
+             ("metrics", s["metrics"])]
+    w = max(len(k) for k, _ in rows)
+    print("\nSummary")
+    for k, v in rows:
+        print(f"  {k:<{w}}  {v}")

@@ -1,0 +1,369 @@
+"""Train the point-conditioned segmenter.
+
+    python -m learner.train --log RUN/interactions.zarr --out CKPT_DIR [--steps 400] [--time-budget 600]
+    python -m learner.train --oracle-scenes SCENES_DIR --out CKPT_DIR   # supervised ORACLE baseline
+
+Self-supervised training (the method): every batch mixes
+- interaction images: the logged before frame with its (pixel, noisy mask) — robust set loss
+  (Pathak et al.; `loss="bce_dice"` is the ablation) on masks decoded at the interaction pixel and at
+  a few more pixels inside the mask — or its (pixel, nothing moved) negative;
+- RISE pseudo-sequences: cut-outs of good interaction masks pasted into logged frames (x1) and
+  re-arranged (x2), supervised per pasted instance, plus the association loss between the instance
+  embeddings of x1 and x2 (weight `association_weight`, RISE's lambda_3 = 0.05);
+- objectness: positive inside labelled masks, negative at negative points and on the table plane
+  (geometry from the robot's own depth and calibration, `table_prior`); everything else ignored.
+
+The ORACLE (`--oracle-scenes`) trains the same model on simulator ground-truth masks; it exists only
+as an upper-bound baseline and is labelled as such in its checkpoint.
+
+Checkpoints are plain dicts of tensors/ints/strings (state dicts, step, RNG states, configs), saved
+with torch.save and loaded with `weights_only=True`. Training resumes from the checkpoint in `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from learner.losses import (
+    association_loss,
+    bce_dice_loss,
+    negative_point_loss,
+    objectness_loss,
+    robust_set_target,
+)
+from learner.model import PointSegmenter, SegmenterConfig, build_model, instance_embeddings
+from learner.preprocess import make_input
+from learner.train_data import LogSource, SceneSource, TrainImage
+
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and loss settings (steps are optimiser steps of `batch_size` images)."""
+
+    steps: int = 400
+    time_budget_s: float = 0.0  # stop early after this many seconds of training (0 = no limit)
+    batch_size: int = 6
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    loss: str = "robust"  # "robust" (robust set loss) or "bce_dice" (plain, the ablation)
+    tau: float = 0.7  # IoU the robust target must reach with the noisy mask
+    points_per_mask: int = 3
+    pseudo_sequences: bool = True
+    pseudo_fraction: float = 0.5  # share of each batch made of pseudo-sequence frames
+    association_weight: float = 0.05
+    objectness_weight: float = 1.0
+    negative_radius_px: float = 8.0
+    table_prior: bool = True
+    table_prior_height: float = 0.004  # metres above the table plane still counted as table
+    flip: bool = True
+    color_jitter: float = 0.15
+    max_queries: int = 96  # decoded masks per batch (memory/time bound)
+    mask_loss_stride: int = 4  # 4: mask loss at the mask head's resolution; 1: at full input resolution
+    seed: int = 0
+    num_threads: int = 2
+    log_every: int = 10
+
+    def validate(self) -> None:
+        if self.loss not in ("robust", "bce_dice"):
+            raise ValueError(f"loss must be 'robust' or 'bce_dice', got {self.loss!r}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if self.batch_size < 1 or self.steps < 0:
+            raise ValueError("batch_size must be >= 1 and steps >= 0")
+        if self.mask_loss_stride not in (1, 4):
+            raise ValueError(f"mask_loss_stride must be 1 or 4, got {self.mask_loss_stride}")
+        if not 0.0 <= self.pseudo_fraction <= 1.0:
+            raise ValueError(f"pseudo_fraction must be in [0, 1], got {self.pseudo_fraction}")
+
+
+def _flip(img: TrainImage) -> TrainImage:
+    """Horizontal mirror of an image and its labels (K mirrored too: a consistent mirrored scene)."""
+    W = img.rgb.shape[1]
+    K = img.K.copy()
+    K[0, 2] = W - 1 - K[0, 2]
+
+    def fu(p: np.ndarray) -> np.ndarray:
+        q = p.copy()
+        if len(q):
+            q[:, 0] = W - 1 - q[:, 0]
+        return q
+
+    return TrainImage(
+        img.rgb[:, ::-1].copy(), img.depth[:, ::-1].copy(), K,
+        [m[:, ::-1].copy() for m in img.masks], [fu(p) for p in img.points], fu(img.negatives),
+        None if img.table is None else img.table[:, ::-1].copy(), img.group, list(img.instance_ids),
+    )
+
+
+class Trainer:
+    """Owns the model, optimiser, RNGs and step counter; trains from a source; saves/resumes."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg: SegmenterConfig | None = None, oracle: bool = False):
+        cfg.validate()
+        self.cfg = cfg
+        self.oracle = oracle
+        torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)
+        self.model: PointSegmenter = build_model(model_cfg or SegmenterConfig())
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.step = 0
+        self.model_version = 0  # bumped by every completed train() call
+        self.train_seconds = 0.0
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "model_config": self.model.config.to_dict(),
+            "train_config": asdict(self.cfg),
+            "step": self.step,
+            "model_version": self.model_version,
+            "train_seconds": self.train_seconds,
+            "oracle": self.oracle,
+            "numpy_rng": json.dumps(self.rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Atomic save (write then rename) so a crash never leaves a torn checkpoint."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load(self, path: str | Path, optimizer: bool = True) -> None:
+        """Resume (or warm-start with optimizer=False) from a checkpoint saved by `save`."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if SegmenterConfig.from_dict(ckpt["model_config"]) != self.model.config:
+            self.model = build_model(SegmenterConfig.from_dict(ckpt["model_config"]))
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.model.load_state_dict(ckpt["model"])
+        if optimizer:
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.step = int(ckpt["step"])
+            self.model_version = int(ckpt["model_version"])
+            self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+            self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
+            torch.set_rng_state(ckpt["torch_rng"])
+
+    # ---------------------------------------------------------------- batches
+    def _augment(self, img: TrainImage) -> TrainImage:
+        if self.cfg.flip and self.rng.random() < 0.5:
+            img = _flip(img)
+        return img
+
+    def sample_batch(self, source: LogSource | SceneSource) -> list[TrainImage]:
+        cfg, rng = self.cfg, self.rng
+        images: list[TrainImage] = []
+        if isinstance(source, SceneSource):
+            for i in rng.integers(len(source), size=cfg.batch_size):
+                images.append(source.image(int(i), rng, cfg.points_per_mask))
+            return [self._augment(im) for im in images]
+        n_pseudo = int(round(cfg.batch_size * cfg.pseudo_fraction)) if cfg.pseudo_sequences else 0
+        group = 0
+        while len(images) < n_pseudo - 1:
+            pair = source.pseudo_pair(rng, cfg.points_per_mask, group)
+            if pair is None:
+                break
+            images += list(pair)
+            group += 1
+        while len(images) < cfg.batch_size:
+            # half positives, half negatives when both exist (negatives are rarer in a healthy loop)
+            pool = source.positives if (not source.negatives or rng.random() < 0.7) else source.negatives
+            pool = pool or source.negatives
+            images.append(source.interaction_image(int(rng.choice(pool)), rng, cfg.points_per_mask))
+        if self.cfg.flip and self.rng.random() < 0.5:  # flip whole groups together (x1/x2 stay consistent)
+            images = [_flip(im) for im in images]
+        return images
+
+    def _jitter(self, x: torch.Tensor) -> torch.Tensor:
+        """Brightness/contrast jitter of the normalised RGB channels (first 3)."""
+        if self.cfg.color_jitter <= 0:
+            return x
+        B = x.shape[0]
+        j = self.cfg.color_jitter
+        gain = 1 + (torch.rand(B, 1, 1, 1) * 2 - 1) * j
+        bias = (torch.rand(B, 3, 1, 1) * 2 - 1) * j
+        x = x.clone()
+        x[:, :3] = x[:, :3] * gain + bias
+        return x
+
+    # ---------------------------------------------------------------- one step
+    def loss_on(self, images: list[TrainImage]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        H, W = images[0].rgb.shape[:2]
+        x = make_input(np.stack([im.rgb for im in images]), np.stack([im.depth for im in images]),
+                       np.stack([im.K for im in images]))
+        out = self.model(self._jitter(x))
+        terms: dict[str, torch.Tensor] = {}
+
+        # decoded masks
+        bidx, pts, tgt = [], [], []
+        for b, im in enumerate(images):
+            for m, p in zip(im.masks, im.points, strict=True):
+                for q in p:
+                    bidx.append(b)
+                    pts.append(q)
+                    tgt.append(m)
+        if len(pts) > cfg.max_queries:
+            keep = self.rng.choice(len(pts), cfg.max_queries, replace=False)
+            bidx, pts, tgt = [bidx[i] for i in keep], [pts[i] for i in keep], [tgt[i] for i in keep]
+        if pts:
+            full_res = cfg.mask_loss_stride == 1
+            logits = self.model.decode(out, torch.tensor(bidx), torch.tensor(np.stack(pts)), upsample=full_res,
+                                       image_size=(H, W))
+            target = torch.from_numpy(np.stack(tgt))
+            if not full_res:  # labels at the head's own stride-4 resolution: 16x cheaper, same information
+                target = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="area")[:, 0] >= 0.5
+            if cfg.loss == "robust":
+                # Pathak's robust target (the closest set to the prediction with IoU >= tau), trained with
+                # BCE plus Dice: objects cover < 1% of a 320x240 frame, and a per-pixel mean alone would
+                # let an all-background mask look nearly perfect.
+                target = robust_set_target(logits, target, cfg.tau)
+            terms["mask"] = bce_dice_loss(logits, target)
+
+        # objectness: positives inside masks, negatives at negative points and on the table plane
+        pos = torch.from_numpy(np.stack([np.any(im.masks, axis=0) if im.masks else np.zeros((H, W), bool) for im in images]))
+        neg = None
+        if cfg.table_prior:
+            neg = torch.from_numpy(np.stack([im.table if im.table is not None else np.zeros((H, W), bool) for im in images]))
+            neg = neg & ~pos
+        terms["objectness"] = cfg.objectness_weight * objectness_loss(out["objectness"], pos, neg)
+        nb = [b for b, im in enumerate(images) for _ in range(len(im.negatives))]
+        if nb:
+            npts = torch.from_numpy(np.concatenate([im.negatives for im in images]).astype(np.float32))
+            terms["negative"] = cfg.objectness_weight * negative_point_loss(
+                out["objectness"], torch.tensor(nb), npts, cfg.negative_radius_px, (H, W))
+
+        # RISE association between x1 and x2 instance embeddings
+        if cfg.association_weight > 0:
+            assoc = []
+            groups = sorted({im.group for im in images if im.group >= 0})
+            for g in groups:
+                pair = [(b, im) for b, im in enumerate(images) if im.group == g]
+                if len(pair) != 2 or not pair[0][1].masks or not pair[1][1].masks:
+                    continue
+                (b1, i1), (b2, i2) = pair
+                e1 = instance_embeddings(out, torch.from_numpy(np.stack(i1.masks)), torch.full((len(i1.masks),), b1))
+                e2 = instance_embeddings(out, torch.from_numpy(np.stack(i2.masks)), torch.full((len(i2.masks),), b2))
+                matches = [(a, i2.instance_ids.index(iid)) for a, iid in enumerate(i1.instance_ids) if iid in i2.instance_ids]
+                if matches:
+                    assoc.append(association_loss(e1, e2, matches))
+            if assoc:
+                terms["association"] = cfg.association_weight * torch.stack(assoc).mean()
+
+        total = sum(terms.values())
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+    def _lr(self, step: int, total: int) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        frac = min((step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1), 1.0)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def train(self, source: LogSource | SceneSource, steps: int | None = None, metrics_path: str | Path | None = None,
+              progress: bool = True, time_budget_s: float | None = None) -> dict[str, float]:
+        """Run `steps` optimiser steps (default cfg.steps) or until the time budget is spent."""
+        steps = self.cfg.steps if steps is None else steps
+        budget = self.cfg.time_budget_s if time_budget_s is None else time_budget_s
+        if isinstance(source, LogSource) and not source.positives and not source.negatives:
+            raise ValueError("the log has no usable records (no positives or negatives) to train on")
+        self.model.train()
+        t0 = time.perf_counter()
+        start = self.step
+        last: dict[str, float] = {}
+        bar = tqdm(total=steps, desc="train", disable=not progress, leave=False)
+        mf = open(metrics_path, "a") if metrics_path else None
+        try:
+            for k in range(steps):
+                if budget and time.perf_counter() - t0 > budget:
+                    break
+                for g in self.opt.param_groups:
+                    g["lr"] = self._lr(k, steps)
+                batch = self.sample_batch(source)
+                loss, parts = self.loss_on(batch)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+                self.opt.step()
+                self.step += 1
+                last = {"loss": float(loss.detach()), **parts}
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.3f}")
+                if mf and (self.step % self.cfg.log_every == 0 or k == steps - 1):
+                    rec = {"kind": "train", "step": self.step, "model_version": self.model_version,
+                           "lr": self.opt.param_groups[0]["lr"], "elapsed_s": time.perf_counter() - t0, **last}
+                    mf.write(json.dumps(rec) + "\n")
+                    mf.flush()
+        finally:
+            bar.close()
+            if mf:
+                mf.close()
+        elapsed = time.perf_counter() - t0
+        self.train_seconds += elapsed
+        self.model_version += 1
+        self.model.eval()
+        return {"steps": self.step - start, "seconds": elapsed, **last}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--log", help="interaction log (a .zarr or a run directory holding interactions.zarr)")
+    src.add_argument("--oracle-scenes", help="ORACLE baseline: exported scenes with ground-truth labels")
+    ap.add_argument("--out", required=True, help="checkpoint directory (resumes from its last.pt)")
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--time-budget", type=float, default=0.0, help="seconds (0 = none)")
+    ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    ap.add_argument("--loss", default="robust", choices=["robust", "bce_dice"])
+    ap.add_argument("--tau", type=float, default=TrainConfig.tau)
+    ap.add_argument("--no-pseudo", action="store_true", help="ablation: no RISE pseudo-sequences")
+    ap.add_argument("--no-table-prior", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    cfg = TrainConfig(steps=a.steps, time_budget_s=a.time_budget, batch_size=a.batch_size, loss=a.loss, tau=a.tau,
+                      pseudo_sequences=not a.no_pseudo, table_prior=not a.no_table_prior, seed=a.seed)
+    out = Path(a.out)
+    trainer = Trainer(cfg, oracle=a.oracle_scenes is not None)
+    if (out / CHECKPOINT_NAME).exists():
+        trainer.load(out / CHECKPOINT_NAME)
+        print(f"resumed from {out / CHECKPOINT_NAME} at step {trainer.step}")
+    if a.log:
+        path = Path(a.log)
+        if (path / "interactions.zarr").exists():
+            path = path / "interactions.zarr"
+        source = LogSource(path, cfg.table_prior_height, seed=a.seed)
+        print(f"log {path}: {len(source.positives)} positives, {len(source.negatives)} negatives, "
+              f"{len(source.bank)} cut-outs in the instance bank")
+    else:
+        source = SceneSource(a.oracle_scenes)
+        print(f"ORACLE baseline: {len(source)} ground-truth scenes from {a.oracle_scenes}")
+    stats = trainer.train(source, metrics_path=out / "metrics.jsonl")
+    ckpt = trainer.save(out / CHECKPOINT_NAME)
+    print(f"trained {stats['steps']} steps in {stats['seconds']:.0f} s (loss {stats.get('loss', float('nan')):.3f}); "
+          f"checkpoint {ckpt}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
