@@ -50,7 +50,7 @@ class LoopSettings:
 
     interactions: int = 300
     update_interval: int = 50
-    train_steps: int = 60  # optimiser steps per retrain (warm-started)
+    train_steps: int = 120  # optimiser steps per retrain (warm-started)
     time_budget: float = 600.0
     eval_interval: int = 100  # 0 = evaluate only at the end
     eval_scenes: int = 30
