@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from data.geometry import world_points
 from data.schema import Label
 
 
@@ -71,15 +72,6 @@ class FrameDiffResult:
     vacated: np.ndarray
     arrived: np.ndarray
     changed: np.ndarray
-
-
-def world_points(depth: np.ndarray, K: np.ndarray, camera_pose: np.ndarray) -> np.ndarray:
-    """(H,W,3) world-frame points (metres) of a depth image; NaN where depth is missing."""
-    H, W = depth.shape
-    v, u = np.mgrid[0:H, 0:W].astype(np.float32)
-    z = np.where(depth > 0, depth, np.nan).astype(np.float32)
-    pts = np.stack([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z], -1)
-    return pts @ camera_pose[:3, :3].T.astype(np.float32) + camera_pose[:3, 3].astype(np.float32)
 
 
 def _disk(radius: int) -> np.ndarray:

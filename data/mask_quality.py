@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data.frame_diff import FrameDiffConfig, frame_difference, world_points
+from data.frame_diff import FrameDiffConfig, frame_difference
+from data.geometry import height_above_table
 from data.schema import Label
 from robot.base import Action, Primitive
 from robot.sim_robot import SimRobot, SimRobotConfig
 
 BENCH_FILE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-TABLE_BOUNDS = ((0.10, 1.00), (-0.6, 0.6))  # sim table, robot frame metres (sim.scene.TableConfig)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class QualityStats:
 
 def pick_pixel(frame, rng: np.random.Generator, object_fraction: float = 0.8) -> tuple[float, float]:
     """Cold-start target: a pixel standing > 1.5 cm above the table, or (sometimes) a table pixel."""
-    h = np.nan_to_num(world_points(frame.depth, frame.K, frame.camera_pose)[..., 2], nan=-1.0)
+    h = np.nan_to_num(height_above_table(frame.depth, frame.K, frame.camera_pose), nan=-1.0)
     above = np.argwhere(h > 0.015)
     table = np.argwhere((h > -0.005) & (h < 0.005))
     pool = above if (rng.random() < object_fraction and len(above)) or not len(table) else table
@@ -131,7 +131,7 @@ def run(n: int, split: str, levels: list[str], primitives: list[str], seed: int,
                     after = robot.get_observation()
                     gt = outcome.info["ground_truth"]
                     res = frame_difference(before.rgb, before.depth, after.rgb, after.depth, before.K,
-                                           before.camera_pose, pixel, TABLE_BOUNDS, cfg)
+                                           before.camera_pose, pixel, robot.table_bounds, cfg)
                     evaluate_interaction(res, gt["instance_label_before"], gt["moved_ids"], pixel, stats,
                                          outcome.grasp_success)
     return out

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from data.geometry import height_above_table, world_points
 from robot.base import Action, Primitive, RGBDFrame
 
 
@@ -44,17 +45,6 @@ class AgentConfig:
             raise ValueError(f"agent.primitive must be poke/grasp/alternate/learned, got {self.primitive!r}")
         if not 0.0 <= self.exploration <= 1.0:
             raise ValueError(f"agent.exploration must be in [0, 1], got {self.exploration}")
-
-
-def world_points(frame: RGBDFrame) -> np.ndarray:
-    """(H,W,3) robot-frame points (metres) of a frame's depth; NaN where depth is missing."""
-    H, W = frame.depth.shape
-    v, u = np.mgrid[0:H, 0:W].astype(np.float32)
-    z = np.where(frame.depth > 0, frame.depth, np.nan).astype(np.float32)
-    K = frame.K
-    pts = np.stack([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z], -1)
-    R, t = frame.camera_pose[:3, :3].astype(np.float32), frame.camera_pose[:3, 3].astype(np.float32)
-    return pts @ R.T + t
 
 
 def interior_pixel(mask: np.ndarray) -> tuple[float, float]:
@@ -95,7 +85,7 @@ class Agent:
     # ---------------------------------------------------------------- choices
     def raised_regions(self, frame: RGBDFrame) -> list[np.ndarray]:
         """Connected regions standing above the table plane (cold-start / exploration targets)."""
-        h = np.nan_to_num(world_points(frame)[..., 2], nan=-1.0)
+        h = np.nan_to_num(height_above_table(frame.depth, frame.K, frame.camera_pose), nan=-1.0)
         raised = ndimage.binary_opening(h > self.cfg.cold_start_height, iterations=1)
         lab, n = ndimage.label(raised)
         return [lab == i for i in range(1, n + 1) if (lab == i).sum() >= self.cfg.min_hypothesis_area]
@@ -140,7 +130,7 @@ class Agent:
         prim = self._primitive()
         u, v = interior_pixel(target)
         if prim == Primitive.GRASP:
-            pts = world_points(frame)[target]
+            pts = world_points(frame.depth, frame.K, frame.camera_pose)[target]
             pts = pts[np.isfinite(pts).all(1)]
             angle = minor_axis_yaw(pts[:, :2]) if len(pts) else 0.0
         else:

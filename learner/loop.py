@@ -41,8 +41,6 @@ from learner.train import CHECKPOINT_NAME, TrainConfig, Trainer
 from learner.train_data import LogSource
 from robot.base import Robot
 
-TABLE_BOUNDS_SIM = ((0.10, 1.00), (-0.6, 0.6))  # sim table in the robot frame, metres
-
 
 @dataclass
 class LoopSettings:
@@ -50,7 +48,7 @@ class LoopSettings:
 
     interactions: int = 300
     update_interval: int = 50
-    train_steps: int = 120  # optimiser steps per retrain (warm-started)
+    train_steps: int = 100  # optimiser steps per retrain (warm-started)
     time_budget: float = 600.0
     eval_interval: int = 100  # 0 = evaluate only at the end
     eval_scenes: int = 30
@@ -80,13 +78,12 @@ def _atomic_json(path: Path, obj: Any) -> None:
 class InteractiveLoop:
     def __init__(self, run_dir: str | Path, robot: Robot, loop: LoopSettings, train_cfg: TrainConfig,
                  model_cfg: SegmenterConfig, agent_cfg: AgentConfig, frame_diff: FrameDiffConfig,
-                 config_snapshot: dict | None = None, table_bounds=TABLE_BOUNDS_SIM):
+                 config_snapshot: dict | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.robot = robot
         self.loop = loop
         self.frame_diff = frame_diff
-        self.table_bounds = table_bounds
         self.config_snapshot = config_snapshot or {}
         self.log_path = self.run_dir / "interactions.zarr"
         self.ckpt_path = self.run_dir / "checkpoints" / CHECKPOINT_NAME
@@ -196,7 +193,7 @@ class InteractiveLoop:
         after = self.robot.get_observation()
         rec = build_record(before, after, action, outcome, hypotheses=masks, hypothesis_scores=scores,
                            chosen_hypothesis=chosen, model_version=self.trainer.model_version,
-                           robot_kind=getattr(self.robot, "kind", "unknown"), table_bounds=self.table_bounds,
+                           robot_kind=getattr(self.robot, "kind", "unknown"), table_bounds=self.robot.table_bounds,
                            frame_diff=self.frame_diff, t_start=t0)
         index = log.append(rec)
         if rec.label != Label.INVALID:
@@ -305,7 +302,7 @@ class InteractiveLoop:
             "train_steps": self.trainer.step,
             "train_seconds": self.trainer.train_seconds,
             "eval": {k: ev.get(k) for k in ("AP50", "AP", "overlap_F", "boundary_F") if k in ev},
-            "baseline_depth_clustering": {k: base.get(k) for k in ("AP50", "AP", "overlap_F") if k in base},
+            "baseline_depth_clustering": {k: base.get(k) for k in ("AP50", "AP", "overlap_F", "boundary_F") if k in base},
             "run_dir": str(self.run_dir),
             "log": str(self.log_path),
             "model": str(self.model_path),

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from data.geometry import height_above_table
 from data.log import InteractionLog
 from data.schema import Label
 from learner.pseudo_sequences import InstanceBank, cutout_from_interaction, make_pseudo_sequence
@@ -44,14 +45,8 @@ class TrainImage:
 
 def table_pixels(depth: np.ndarray, K: np.ndarray, camera_pose: np.ndarray, max_height: float) -> np.ndarray:
     """(H,W) bool: valid pixels whose world point is within `max_height` metres of the plane z = 0."""
-    H, W = depth.shape
-    v, u = np.mgrid[0:H, 0:W].astype(np.float32)
-    z = depth.astype(np.float32)
-    x = (u - K[0, 2]) * z / K[0, 0]
-    y = (v - K[1, 2]) * z / K[1, 1]
-    R, t = camera_pose[:3, :3], camera_pose[:3, 3]
-    wz = R[2, 0] * x + R[2, 1] * y + R[2, 2] * z + t[2]
-    return (z > 0) & (np.abs(wz) < max_height)
+    h = height_above_table(depth, K, camera_pose)
+    return np.abs(np.nan_to_num(h, nan=np.inf)) < max_height
 
 
 def sample_points_in(mask: np.ndarray, n: int, rng: np.random.Generator, first: tuple[float, float] | None = None,

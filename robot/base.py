@@ -100,6 +100,8 @@ class Robot(abc.ABC):
     """A robot cell: an arm that pokes and grasps plus one calibrated RGB-D camera."""
 
     kind: str = "abstract"
+    #: ((x_min, x_max), (y_min, y_max)) of the table top in the robot frame (metres); None = unknown.
+    table_bounds: tuple[tuple[float, float], tuple[float, float]] | None = None
 
     @abc.abstractmethod
     def connect(self) -> None:

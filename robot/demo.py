@@ -15,19 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from robot.base import Action, Primitive, RGBDFrame
+from data.geometry import height_above_table
+from robot.base import Action, Primitive
 from robot.sim_robot import SimRobot, SimRobotConfig
-
-
-def height_above_table(frame: RGBDFrame) -> np.ndarray:
-    """(H,W) height of each observed point above the table plane z = 0 (metres, NaN where depth is missing)."""
-    H, W = frame.depth.shape
-    v, u = np.mgrid[0:H, 0:W]
-    z = frame.depth
-    K = frame.K
-    pts = np.stack([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z], -1)
-    world_z = pts @ frame.camera_pose[2, :3] + frame.camera_pose[2, 3]
-    return np.where(z > 0, world_z, np.nan)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     with SimRobot(SimRobotConfig(clutter=a.clutter, seed=a.seed)) as robot:
         for i in range(a.n):
             before = robot.get_observation()
-            h = height_above_table(before)
+            h = height_above_table(before.depth, before.K, before.camera_pose)
             cand = np.argwhere(np.nan_to_num(h) > 0.015)
             if len(cand) == 0:
                 print("nothing above the table; stopping")

@@ -117,6 +117,15 @@ class SimRobot(Robot):
             info={"ground_truth": gt},
         )
 
+    @property
+    def table_bounds(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """((x_min, x_max), (y_min, y_max)) of the table top in the robot frame, metres."""
+        from sim.scene import TableConfig
+
+        t = self.env.cfg.table if self.env is not None else TableConfig()
+        (cx, cy), (hx, hy) = t.center_xy, t.half_size_xy
+        return ((cx - hx, cx + hx), (cy - hy, cy + hy))
+
     # ------------------------------------------------------------------ sim-only extras
     def ground_truth_label(self) -> np.ndarray:
         """Instance labels (H,W) int32 of the latest observation. Evaluation only, never training."""

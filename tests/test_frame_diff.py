@@ -7,7 +7,6 @@ import pytest
 from scipy import ndimage
 
 from data.frame_diff import FrameDiffConfig, frame_difference
-from data.mask_quality import TABLE_BOUNDS
 from data.schema import Label
 from sim.camera import orbit_pose
 from sim.env import InteractiveTabletopEnv, TabletopConfig
@@ -15,6 +14,7 @@ from sim.scene import ClutterConfig
 from tests.sim_helpers import interior_pixel, most_isolated, narrow_side_yaw
 
 K = np.array([[308.0, 0, 159.0], [0, 308.0, 120.5], [0, 0, 1]])
+TABLE_BOUNDS = ((0.10, 1.00), (-0.6, 0.6))  # the sim table (robot frame, metres)
 POSE = orbit_pose(np.array([0.55, 0.0, 0.0]), 0.6, 62.0, 0.0)
 
 

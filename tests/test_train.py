@@ -10,7 +10,6 @@ from data.interaction import build_record
 from data.log import InteractionLog
 from data.schema import Label
 from learner.agent import Agent, AgentConfig
-from learner.loop import TABLE_BOUNDS_SIM
 from learner.model import SegmenterConfig
 from learner.train import TrainConfig, Trainer
 from learner.train_data import LogSource
@@ -29,7 +28,7 @@ def tiny_log(tmp_path_factory):
             action, chosen, _ = agent.choose(before, np.zeros((0, 240, 320), bool), np.zeros(0))
             outcome = robot.send_action(action)
             log.append(build_record(before, robot.get_observation(), action, outcome, chosen_hypothesis=chosen,
-                                    table_bounds=TABLE_BOUNDS_SIM))
+                                    table_bounds=robot.table_bounds))
     return path
 
 
