@@ -20,13 +20,10 @@ def make_robot(node: Any) -> Robot:
         from robot.sim_robot import SimRobot, SimRobotConfig
 
         return SimRobot(to_dataclass(SimRobotConfig, node))
-    try:
-        from robot.franka import FrankaRobot  # noqa: F401  (needs the `franka` extra)
-    except ImportError as e:
-        raise ImportError(
-            f"robot=franka needs the real-robot packages: run `bash scripts/setup.sh franka` ({e})"
-        ) from e
-    raise ValueError("robot=franka: the FrankaRobot integration is not part of this version yet")
+    raise ValueError(
+        "robot=franka: the Franka Panda / RealSense driver is not part of this version yet; "
+        "use robot=sim (the config group configs/robot/franka.yaml documents the planned settings)"
+    )
 
 
 def build_loop(cfg: DictConfig, run_dir: str) -> InteractiveLoop:
