@@ -9,7 +9,7 @@ import numpy as np
 
 PredictFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
-BASELINES = ("depth_clustering",)
+BASELINES = ("depth_clustering", "random")
 
 
 def get_baseline(name: str, **config: Any) -> PredictFn:
@@ -18,4 +18,8 @@ def get_baseline(name: str, **config: Any) -> PredictFn:
         from learner.baselines.depth_clustering import DepthClusteringSegmenter
 
         return DepthClusteringSegmenter(**config).predict
+    if name == "random":
+        from learner.baselines.random_hypotheses import RandomHypotheses
+
+        return RandomHypotheses(**config).predict
     raise ValueError(f"unknown baseline {name!r}; expected one of: {', '.join(BASELINES)}")
