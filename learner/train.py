@@ -339,11 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tau", type=float, default=TrainConfig.tau)
     ap.add_argument("--no-pseudo", action="store_true", help="ablation: no RISE pseudo-sequences")
     ap.add_argument("--no-table-prior", action="store_true")
+    ap.add_argument("--mask-loss-stride", type=int, default=TrainConfig.mask_loss_stride, choices=[1, 4])
+    ap.add_argument("--threads", type=int, default=TrainConfig.num_threads)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     cfg = TrainConfig(steps=a.steps, time_budget_s=a.time_budget, batch_size=a.batch_size, loss=a.loss, tau=a.tau,
-                      pseudo_sequences=not a.no_pseudo, table_prior=not a.no_table_prior, seed=a.seed)
+                      pseudo_sequences=not a.no_pseudo, table_prior=not a.no_table_prior, seed=a.seed,
+                      mask_loss_stride=a.mask_loss_stride, num_threads=a.threads)
     out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, oracle=a.oracle_scenes is not None)
     if (out / CHECKPOINT_NAME).exists():
         trainer.load(out / CHECKPOINT_NAME)

@@ -92,3 +92,16 @@ def test_bad_train_config_is_rejected():
         TrainConfig(loss="mse").validate()
     with pytest.raises(ValueError, match="tau"):
         TrainConfig(tau=0.0).validate()
+
+
+def test_train_cli_trains_and_resumes(tiny_log, tmp_path, capsys):
+    from learner.train import main
+
+    out = tmp_path / "ck"
+    args = ["--log", str(tiny_log), "--out", str(out), "--steps", "2", "--batch-size", "2", "--threads", "1"]
+    assert main(args) == 0
+    assert torch.load(out / "last.pt", map_location="cpu", weights_only=True)["step"] == 2
+    assert main(args) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert torch.load(out / "last.pt", map_location="cpu", weights_only=True)["step"] == 4
+    assert (out / "metrics.jsonl").read_text().count('"kind": "train"') >= 2
