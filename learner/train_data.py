@@ -69,7 +69,8 @@ class LogSource:
     """Self-supervised training images from the committed records of an interaction log."""
 
     def __init__(self, log_path: str | Path, table_prior_height: float = 0.004, bank_capacity: int = 512,
-                 min_mask_area: int = 30, seed: int = 0, use_reasons: tuple[str, ...] | None = None):
+                 min_mask_area: int = 30, seed: int = 0, use_reasons: tuple[str, ...] | None = None,
+                 limit: int | None = None):
         self.table_prior_height = table_prior_height
         self.min_mask_area = min_mask_area
         self.rgb: list[np.ndarray] = []
@@ -82,7 +83,7 @@ class LogSource:
         self.bank = InstanceBank(capacity=bank_capacity, seed=seed)
         self._table_cache: dict[int, np.ndarray] = {}
         with InteractionLog.open(log_path, "r") as log:
-            self.n_records = len(log)
+            self.n_records = len(log) if limit is None else min(len(log), int(limit))  # the first `limit`
             for i in range(self.n_records):
                 r = log[i]
                 if r.label == Label.INVALID:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from data.log import InteractionLog
 from learner.baselines import get_baseline
 from learner.evaluate import load_model, main
 from learner.model import SegmenterConfig
@@ -52,3 +53,19 @@ def test_random_baseline_is_deterministic_and_sized(scenes):
     np.testing.assert_array_equal(s1, s2)
     with pytest.raises(ValueError, match="unknown baseline"):
         get_baseline("oracle")
+
+
+def test_bench_curve_tiny_end_to_end(tmp_path):
+    """Every variant trains and is evaluated; outputs are written. (A smoke run, not the benchmark.)"""
+    from learner.bench_curve import VARIANTS, run
+
+    tiny = SegmenterConfig(stem_width=8, widths=(16, 16, 32), depths=(1, 1, 1), fpn_width=16)
+    rows = run(tmp_path / "curve", [4, 6], steps=1, n_test=2, variants=list(VARIANTS), model_cfg=tiny)
+    assert {r["variant"] for r in rows} == {"depth_clustering", *VARIANTS}
+    assert len([r for r in rows if r["variant"] == "ours"]) == 2
+    for r in rows:
+        assert 0.0 <= r["AP50"] <= 1.0
+    assert (tmp_path / "curve" / "curve.png").stat().st_size > 1000
+    assert "| ours | 6 |" in (tmp_path / "curve" / "curve.md").read_text()
+    with InteractionLog.open(tmp_path / "curve" / "interactions.zarr", "r") as log:
+        assert len(log) == 6
