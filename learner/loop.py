@@ -247,7 +247,6 @@ class InteractiveLoop:
                     if self.state.last_eval.get("model_version") != self.trainer.model_version:
                         self.evaluate()
                     self.export_model()
-                    self._save_state()
             finally:
                 bar.close()
                 signal.signal(signal.SIGINT, old)

@@ -8,7 +8,6 @@ mask areas, and the expected numbers are written out literally.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from data.bench_log import synthetic_record
 from data.inspect import main, open_log, summarize
 from data.log import InteractionLog
 from data.schema import InteractionRecord, Label
+from tests.fs_helpers import tree_hash
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 36, 48
@@ -70,15 +70,6 @@ def run_dir(tmp_path_factory) -> Path:
         for i in range(len(SPEC)):
             log.append(hand_record(i))
     return run
-
-
-def tree_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        h.update(str(p.relative_to(path)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def cli(*args: str, cwd: Path = REPO, timeout: float = 60) -> subprocess.CompletedProcess:

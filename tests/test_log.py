@@ -6,7 +6,6 @@ subprocesses.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -23,6 +22,7 @@ import zarr
 from data.bench_log import synthetic_record
 from data.log import SCHEMA_VERSION, InteractionLog, LogFormatError, LogLockedError
 from data.schema import InteractionRecord, Label, depth_to_mm, mm_to_depth
+from tests.fs_helpers import tree_hash
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 35, 50  # small, and H*W is not a multiple of 8 (exercises the bit-packing tail)
@@ -47,15 +47,6 @@ def assert_same(a: InteractionRecord, b: InteractionRecord) -> None:
             assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
         else:
             assert type(y) is type(x) and y == x, (name, x, y)
-
-
-def tree_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        h.update(str(p.relative_to(path)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def run_py(code: str, **kw) -> subprocess.Popen:
