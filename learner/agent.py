@@ -12,11 +12,17 @@
   positive rate so far).
 - Where to act inside a mask: its most interior pixel; grasps close across the mask's minor axis on
   the table (from the deprojected depth), pokes push in a random direction.
+- Safer grasps (optional, `grasp_confidence_p`): a grasp on a model hypothesis is aimed at the
+  p-confidence mask (Latent-MaskRCNN; `learner.sampling.make_confidence_fn`) that overlaps the chosen
+  hypothesis most, so the gripper closes only where k p of k sampled segmentations agree on one
+  object; if none overlaps it, at the best-scoring confidence mask; if there is none, at the
+  hypothesis as before. The caller passes `confidence_fn` to `choose`; it is called only then.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +43,8 @@ class AgentConfig:
     cold_start_height: float = 0.012  # metres above the table that count as "something is here"
     push_length: float = 0.06  # metres
     recent_memory: int = 20  # interactions remembered by the "uncertain" selection
+    grasp_confidence_p: float | None = None  # grasp p-confidence masks (None = off, the hypothesis itself)
+    grasp_confidence_samples: int = 10  # k samples behind a confidence mask (used by the caller's sampler)
 
     def validate(self) -> None:
         if self.selection not in ("uniform", "uncertain"):
@@ -45,6 +53,11 @@ class AgentConfig:
             raise ValueError(f"agent.primitive must be poke/grasp/alternate/learned, got {self.primitive!r}")
         if not 0.0 <= self.exploration <= 1.0:
             raise ValueError(f"agent.exploration must be in [0, 1], got {self.exploration}")
+        p = self.grasp_confidence_p
+        if p is not None and not 0.0 < p <= 1.0:
+            raise ValueError(f"agent.grasp_confidence_p must be in (0, 1] or None, got {p}")
+        if self.grasp_confidence_samples < 1:
+            raise ValueError(f"agent.grasp_confidence_samples must be >= 1, got {self.grasp_confidence_samples}")
 
 
 def interior_pixel(mask: np.ndarray) -> tuple[float, float]:
@@ -110,8 +123,31 @@ class Agent:
                 w[i] *= 0.2
         return int(self.rng.choice(n, p=w / w.sum()))
 
-    def choose(self, frame: RGBDFrame, masks: np.ndarray, scores: np.ndarray) -> tuple[Action, int, np.ndarray]:
-        """-> (action, chosen hypothesis index or -1 for exploration/cold start, the target mask)."""
+    def _confident_target(self, target: np.ndarray, cmasks: np.ndarray, cscores: np.ndarray) -> np.ndarray | None:
+        """The confidence mask to grasp instead of hypothesis `target` (None: keep the hypothesis)."""
+        big = [i for i, m in enumerate(cmasks) if m.sum() >= self.cfg.min_hypothesis_area]
+        if not big:
+            return None
+        overlap = np.array([np.count_nonzero(cmasks[i] & target) for i in big])
+        if overlap.max() > 0:
+            best = max(range(len(big)), key=lambda j: (overlap[j], cscores[big[j]]))
+        else:
+            best = int(np.argmax([cscores[i] for i in big]))
+        return np.asarray(cmasks[big[best]], bool)
+
+    def choose(
+        self,
+        frame: RGBDFrame,
+        masks: np.ndarray,
+        scores: np.ndarray,
+        confidence_fn: Callable[[RGBDFrame, float], tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> tuple[Action, int, np.ndarray]:
+        """-> (action, chosen hypothesis index or -1 for exploration/cold start, the target mask).
+
+        confidence_fn(frame, p) -> (masks, scores) of p-confidence masks; used only when
+        cfg.grasp_confidence_p is set and a model hypothesis is grasped (see the module docstring).
+        The returned target is then the confidence mask actually grasped, and the index is that of
+        the shown hypothesis it overlaps (the chosen one unless the fallback applied)."""
         keep = [i for i, m in enumerate(masks) if m.sum() >= self.cfg.min_hypothesis_area]
         masks, scores = masks[keep], scores[keep]
         chosen = -1
@@ -128,6 +164,15 @@ class Agent:
                 v, u = self.rng.integers(frame.depth.shape[0]), self.rng.integers(frame.depth.shape[1])
                 target[v, u] = True
         prim = self._primitive()
+        if (prim == Primitive.GRASP and chosen >= 0 and self.cfg.grasp_confidence_p is not None
+                and confidence_fn is not None):
+            conf = self._confident_target(target, *confidence_fn(frame, self.cfg.grasp_confidence_p))
+            if conf is not None:
+                if not (conf & target).any():  # report the shown hypothesis the grasped mask lies in
+                    ov = [np.count_nonzero(conf & m) for m in masks]
+                    if max(ov) > 0:
+                        chosen = keep[int(np.argmax(ov))]
+                target = conf
         u, v = interior_pixel(target)
         if prim == Primitive.GRASP:
             pts = world_points(frame.depth, frame.K, frame.camera_pose)[target]

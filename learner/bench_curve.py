@@ -11,6 +11,8 @@
    - `ours`: robust set loss + RISE pseudo-sequences (+ association);
    - `no_robust`: plain BCE + Dice on the noisy masks (ablation);
    - `no_pseudo`: no pseudo-sequences (ablation);
+   - `no_propagation`: each frame keeps only its own interaction's mask (ablation of
+     data/label_propagation.py);
    - `oracle`: the SAME model trained on simulator ground-truth masks of N exported TRAIN-split scenes
      with the same steps (an upper-bound baseline, labelled as such);
    plus the depth-clustering baseline (no training).
@@ -35,21 +37,21 @@ from learner.agent import Agent, AgentConfig
 from learner.eval_harness import evaluate_segmenter
 from learner.hypotheses import propose
 from learner.model import SegmenterConfig
-from learner.train import TrainConfig, Trainer
-from learner.train_data import LogSource, SceneSource
+from learner.train import TrainConfig, Trainer, log_source
+from learner.train_data import SceneSource
 from robot.sim_robot import SimRobot, SimRobotConfig
 
-VARIANTS = ("ours", "no_robust", "no_pseudo", "oracle")
+VARIANTS = ("ours", "no_robust", "no_pseudo", "no_propagation", "oracle")
 KEYS = ("AP50", "AP", "AP30", "overlap_F", "boundary_F")
 
 
-def collect(log_path: Path, n: int, seed: int, clutter: str = "cluttered") -> None:
+def collect(log_path: Path, n: int, seed: int, clutter: str = "cluttered", per_scene: int = 20) -> None:
     """Extend the log to `n` committed interactions with the cold-start agent (train split objects)."""
     with InteractionLog.open_or_create(log_path, 240, 320) as log:
         if len(log) >= n:
             return
         agent = Agent(AgentConfig(exploration=1.0), np.random.default_rng(seed + len(log)))
-        cfg = SimRobotConfig(split="train", clutter=clutter, seed=seed + len(log))
+        cfg = SimRobotConfig(split="train", clutter=clutter, seed=seed + len(log), interactions_per_scene=per_scene)
         with SimRobot(cfg) as robot:
             for _ in tqdm(range(n - len(log)), desc="collect"):
                 before = robot.get_observation()
@@ -67,6 +69,8 @@ def variant_config(name: str, steps: int, seed: int) -> TrainConfig:
     elif name == "no_pseudo":
         cfg.pseudo_sequences = False
         cfg.association_weight = 0.0
+    elif name == "no_propagation":
+        cfg.propagate_labels = False
     return cfg
 
 
@@ -82,7 +86,7 @@ def evaluate_model(model, scenes: Path) -> dict[str, float]:
 
 
 def run(out: Path, ns: list[int], steps: int, n_test: int, variants: list[str], seed: int = 0,
-        model_cfg: SegmenterConfig | None = None) -> list[dict]:
+        model_cfg: SegmenterConfig | None = None, per_scene: int = 20) -> list[dict]:
     from learner.baselines.depth_clustering import DepthClusteringSegmenter
     from sim.export_scenes import export_scenes
 
@@ -90,7 +94,7 @@ def run(out: Path, ns: list[int], steps: int, n_test: int, variants: list[str], 
     test_dir = out / "test_scenes"
     if not (test_dir / "instances_coco.json").exists():
         export_scenes(test_dir, "test", n_test, seed=seed, progress=True)
-    collect(out / "interactions.zarr", max(ns), seed)
+    collect(out / "interactions.zarr", max(ns), seed, per_scene=per_scene)
     rows: list[dict] = []
     base = evaluate_segmenter(DepthClusteringSegmenter().predict, test_dir, double_pick=False, per_scene=False)
     rows.append({"variant": "depth_clustering", "interactions": 0, "train_s": 0.0, **{k: float(base[k]) for k in KEYS}})
@@ -104,7 +108,7 @@ def run(out: Path, ns: list[int], steps: int, n_test: int, variants: list[str], 
                     export_scenes(train_dir, "train", n, seed=seed + 7, progress=False)
                 source = SceneSource(train_dir)
             else:
-                source = LogSource(out / "interactions.zarr", seed=seed, limit=n)
+                source = log_source(out / "interactions.zarr", trainer.cfg, limit=n)
             trainer.train(source, progress=True)
             row = {"variant": name, "interactions": n, "train_s": time.perf_counter() - t0,
                    **evaluate_model(trainer.model, test_dir)}
@@ -155,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-scenes", type=int, default=100)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-scene", type=int, default=20, help="interactions before the sim table is re-spawned")
     a = ap.parse_args(argv)
     variants = a.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = sorted(int(x) for x in a.interactions.split(","))
     if not ns or ns[0] <= 0:
         ap.error("--interactions must be positive numbers")
-    run(Path(a.out), ns, a.steps, a.test_scenes, variants, a.seed)
+    run(Path(a.out), ns, a.steps, a.test_scenes, variants, a.seed, per_scene=a.per_scene)
     return 0
 
 

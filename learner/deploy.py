@@ -4,6 +4,7 @@
     python -m learner.deploy predict --model OUT_DIR --rgb IMG.png --depth DEPTH.png \\
         --intrinsics K.json --out DIR
     python -m learner.deploy predict --model OUT_DIR --scenes SCENES_DIR --out DIR
+    python -m learner.deploy predict ... --mode confidence --p 0.9 --samples 10   # safer grasp targets
     python -m learner.deploy bench --model OUT_DIR [--n 50]
 
 `export` takes a run directory (its `model/segmenter.pt`, else `checkpoints/last.pt`) or a .pt
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import subprocess
 import sys
@@ -35,9 +37,14 @@ import numpy as np
 from learner.segmenter_runtime import (
     CARD_METADATA_KEY,
     CARD_NAME,
+    DEFAULT_DROPOUT_RATE,
     INPUT_NAME,
+    MC_INPUT_NAME,
+    MC_ONNX_NAME,
+    MODES,
     ONNX_NAME,
     OUTPUT_NAMES,
+    SAMPLERS,
     InputError,
     Instances,
     ModelError,
@@ -48,7 +55,7 @@ TS_NAME = "segmenter.ts"
 DEFAULT_SIZE_HW = (240, 320)  # the training resolution (sim camera 320x240)
 OPSET = 17
 CARD_FORMAT = "interactive-seg/segmenter-card"
-CARD_FORMAT_VERSION = 1
+CARD_FORMAT_VERSION = 2  # 2: input gained the plane_height channel
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -171,6 +178,84 @@ def _synthetic_frame(H: int, W: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return rgb, depth, K
 
 
+MC_MODULE = "trunk"  # the module whose output MC dropout drops channels of (learner.sampling's default)
+
+
+def _export_mc_graph(model: Any, x: Any, out: Path, check: bool) -> dict[str, Any]:
+    """Write OUT/segmenter_mc.onnx: the network with `model.<MC_MODULE>`'s output multiplied by a
+    per-channel input `trunk_scale` (1, C, 1, 1). Feeding Bernoulli(1 - r) / (1 - r) factors is
+    F.dropout2d(rate r) there (MC dropout, learner.sampling); ones give the plain network. Built with
+    a forward hook while tracing, so the model code is not touched."""
+    import warnings
+
+    import torch
+
+    target = getattr(model, MC_MODULE, None)
+    if not isinstance(target, torch.nn.Module):
+        raise DeployError(f"model has no {MC_MODULE!r} module for the MC-dropout graph")
+    shape: dict[str, tuple[int, ...]] = {}
+
+    def record(_m: Any, _i: Any, o: Any) -> None:  # returns None: the output is left alone
+        shape["out"] = tuple(o.shape)
+
+    h = target.register_forward_hook(record)
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    C = int(shape["out"][1])
+
+    class ChannelScaled(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module):
+            super().__init__()
+            self.net = net
+
+        def forward(self, inp: torch.Tensor, scale: torch.Tensor):
+            handle = getattr(self.net, MC_MODULE).register_forward_hook(lambda _m, _i, o: o * scale)
+            try:
+                return self.net(inp)
+            finally:
+                handle.remove()
+
+    wrapper = ChannelScaled(model).eval()
+    path, tmp = out / MC_ONNX_NAME, out / (MC_ONNX_NAME + ".tmp")
+    ones = torch.ones(1, C, 1, 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper, (x, ones), str(tmp), input_names=[INPUT_NAME, MC_INPUT_NAME],
+                output_names=list(OUTPUT_NAMES), opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            )
+    except Exception as e:  # noqa: BLE001
+        tmp.unlink(missing_ok=True)
+        raise DeployError(f"ONNX export of the MC-dropout graph failed: {e}") from None
+    diff = None
+    if check:
+        import onnxruntime as ort
+
+        gen = torch.Generator().manual_seed(0)
+        scale = (torch.rand(1, C, 1, 1, generator=gen) >= 0.3).float() / 0.7
+        with torch.no_grad():
+            ref = wrapper(x, scale)
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy(), MC_INPUT_NAME: scale.numpy()})
+        diff = max(float(np.abs(g - ref[k].numpy()).max()) for k, g in zip(OUTPUT_NAMES, got, strict=True))
+        if diff > 1e-3:
+            tmp.unlink(missing_ok=True)
+            raise DeployError(f"MC-dropout ONNX graph and torch disagree after export (max abs diff {diff})")
+    os.replace(tmp, path)
+    return {
+        "module": MC_MODULE,
+        "input": MC_INPUT_NAME,
+        "shape": [1, C, 1, 1],
+        "default_rate": DEFAULT_DROPOUT_RATE,
+        "meaning": f"{MC_ONNX_NAME} multiplies the output of the model's {MC_MODULE!r} module by this "
+        "per-channel factor; MC dropout feeds Bernoulli(1 - rate) / (1 - rate) draws (F.dropout2d), ones "
+        "give the plain network",
+        "onnx_vs_torch_max_abs_diff": diff,
+    }
+
+
 def export(
     src: str | Path,
     out_dir: str | Path,
@@ -178,8 +263,10 @@ def export(
     torchscript: bool = False,
     proposals: dict[str, Any] | None = None,
     check: bool = True,
+    mc_dropout: bool = True,
 ) -> dict[str, Any]:
-    """Export a run directory or checkpoint to OUT_DIR; returns the model card."""
+    """Export a run directory or checkpoint to OUT_DIR; returns the model card. mc_dropout: also
+    write the MC-dropout graph (segmenter_mc.onnx) used by the distributional predict modes."""
     import torch
 
     from learner import preprocess
@@ -235,6 +322,10 @@ def export(
             tmp_onnx.unlink(missing_ok=True)
             raise DeployError(f"ONNX and torch outputs disagree after export (max abs diff {diffs})")
 
+    mc_info = None
+    if mc_dropout:
+        mc_info = _export_mc_graph(model, x, out, check)
+
     ts_name = None
     if torchscript:
         import warnings
@@ -252,7 +343,7 @@ def export(
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
         "format_version": CARD_FORMAT_VERSION,
-        "files": {"onnx": ONNX_NAME, "torchscript": ts_name},
+        "files": {"onnx": ONNX_NAME, "torchscript": ts_name, "onnx_mc_dropout": MC_ONNX_NAME if mc_info else None},
         "input": {
             "name": INPUT_NAME,
             "shape": [1, int(cfg.in_channels), H, W],
@@ -260,7 +351,7 @@ def export(
             "width": W,
             "dtype": "float32",
             "layout": "NCHW",
-            "channels": ["r", "g", "b", "x", "y", "z", "valid"],
+            "channels": ["r", "g", "b", "x", "y", "z", "valid", "plane_height"],
             "rgb": {
                 "scale": "1/255 (uint8 -> [0,1]), then (x - mean) / std",
                 "mean": list(preprocess.RGB_MEAN),
@@ -274,6 +365,14 @@ def export(
                 "missing": "XYZ = 0 where depth is missing",
             },
             "valid": "1 where depth was measured (> 0, finite), else 0",
+            "plane_height": {
+                "meaning": "signed distance (metres) of each pixel's point to the dominant plane found by "
+                "seeded RANSAC on the depth (learner/table_plane.py), positive towards the camera; "
+                "clipped to [min_m, max_m], divided by scale_m; 0 where depth is missing",
+                "scale_m": float(preprocess.HEIGHT_SCALE_M),
+                "min_m": float(preprocess.HEIGHT_MIN_M),
+                "max_m": float(preprocess.HEIGHT_MAX_M),
+            },
             "depth_units": "metres internally; the runtime accepts float metres or uint16 millimetres "
             "(0 / NaN = missing)",
             "pixel_convention": "(u, v) = (column, row), origin at the centre of the top-left pixel",
@@ -304,6 +403,7 @@ def export(
             "seed_nms_kernel": 3,
             "score": "mean objectness probability in the mask x mean mask probability in the mask",
         },
+        "mc_dropout": mc_info,
         "model": {
             "version": None if mv is None else int(mv),
             "config": cfg.to_dict(),
@@ -504,9 +604,14 @@ def _write_all(files: dict[Path, bytes]) -> None:
 
 
 def predict_frame(
-    seg: Segmenter, stem: str, rgb_path: Path, depth_path: Path, intr_path: Path, out_dir: Path
+    seg: Segmenter, stem: str, rgb_path: Path, depth_path: Path, intr_path: Path, out_dir: Path,
+    mode: str = "mean", p: float = 0.9, samples: int = 10, seed: int = 0, sampler: str = "mc_dropout",
+    dropout_rate: float = DEFAULT_DROPOUT_RATE,
 ) -> dict[str, Any]:
-    """Read, check, predict and write one frame's outputs (all or nothing); returns its JSON."""
+    """Read, check, predict and write one frame's outputs (all or nothing); returns its JSON.
+
+    mode "mean" is the plain prediction; "confidence" / "union" are the distributional modes of
+    `Segmenter.predict_distributional` (p, samples, seed, sampler, dropout_rate as there)."""
     rgb = read_rgb(rgb_path)
     depth = read_depth(depth_path)
     K, size = read_intrinsics(intr_path)
@@ -518,7 +623,11 @@ def predict_frame(
         )
     t0 = time.perf_counter()
     try:
-        inst: Instances = seg.predict(rgb, depth, K)
+        if mode == "mean":
+            inst: Instances = seg.predict(rgb, depth, K)
+        else:
+            inst = seg.predict_distributional(rgb, depth, K, mode=mode, p=p, samples=samples, seed=seed,
+                                              sampler=sampler, dropout_rate=dropout_rate)
     except InputError as e:
         raise DeployError(f"{rgb_path} / {depth_path} / {intr_path}: {e}") from None
     dt = time.perf_counter() - t0
@@ -536,6 +645,10 @@ def predict_frame(
         "centroid_frame": "camera, OpenCV axes, metres (null when the mask has no valid depth)",
         "instances": inst.to_records(),
     }
+    if mode != "mean":  # the mean-mode record stays exactly as before
+        rec["distributional"] = {k: inst.info.get(k) for k in ("mode", "p", "samples", "required_agreement", "seed",
+                                                                "sampler", "dropout_rate")}
+        rec["seed_uv_meaning"] = "most interior pixel of the mask (distance-transform peak)"
     files = {
         out_dir / f"{stem}_label.png": _encode_png(label, "label image"),
         out_dir / f"{stem}_overlay.png": _encode_png(cv2.cvtColor(overlay_image(rgb, label), cv2.COLOR_RGB2BGR),
@@ -554,9 +667,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not (args.rgb and args.depth and args.intrinsics):
             raise DeployError("give --scenes DIR, or all of --rgb, --depth and --intrinsics")
         rgb, depth, intr = Path(args.rgb), Path(args.depth), Path(args.intrinsics)
+    mode = getattr(args, "mode", "mean")
+    p, samples, seed = getattr(args, "p", 0.9), getattr(args, "samples", 10), getattr(args, "seed", 0)
+    if mode not in MODES:
+        raise DeployError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if not (isinstance(p, int | float) and math.isfinite(p) and 0.0 < p <= 1.0):
+        raise DeployError(f"--p must lie in (0, 1], got {p}")
+    if samples < 1:
+        raise DeployError(f"--samples must be >= 1, got {samples}")
+    sampler = getattr(args, "sampler", "mc_dropout")
+    rate = getattr(args, "dropout_rate", DEFAULT_DROPOUT_RATE)
+    if not 0.0 <= rate < 1.0:
+        raise DeployError(f"--dropout-rate must lie in [0, 1), got {rate}")
     frames = collect_frames(rgb, depth, intr)
     try:
         seg = Segmenter.load(args.model, threads=args.threads)
+        if mode != "mean" and sampler == "mc_dropout" and not seg.has_mc_dropout:
+            seg._mc()  # raises ModelError with the re-export hint
     except ModelError as e:
         raise DeployError(str(e)) from None
     out = Path(args.out)
@@ -564,7 +691,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = 0
     for stem, r, d, k in frames:
         try:
-            rec = predict_frame(seg, stem, r, d, k, out)
+            rec = predict_frame(seg, stem, r, d, k, out, mode, p, samples, seed, sampler, rate)
         except DeployError as e:
             failed += 1
             print(f"error: {e}", file=sys.stderr)
@@ -695,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("out", help="output directory")
     e.add_argument("--size", type=_size, default=DEFAULT_SIZE_HW, help="network input HxW (default 240x320)")
     e.add_argument("--torchscript", action="store_true", help="also write segmenter.ts (traced)")
+    e.add_argument("--no-mc-dropout", action="store_true",
+                   help=f"do not write {MC_ONNX_NAME} (the graph the distributional predict modes sample with)")
     e.add_argument("--max-hypotheses", type=int)
     e.add_argument("--objectness-threshold", type=float)
     e.add_argument("--nms-iou", type=float)
@@ -710,6 +839,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenes", help="an exported scenes directory (rgb/, depth/, camera/) instead of the three above")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mode", choices=MODES, default="mean",
+                   help="mean: one forward pass (default); confidence: p-confidence masks (fewer double picks); "
+                        "union: Union-NMS (high recall). The last two run --samples sampled segmentations per frame")
+    p.add_argument("--p", type=float, default=0.9, help="confidence requirement in (0, 1] (--mode confidence)")
+    p.add_argument("--samples", type=int, default=10, help="samples per frame (--mode confidence/union)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="mc_dropout",
+                   help="mc_dropout: channel dropout on the head trunk (needs segmenter_mc.onnx, written by export); "
+                        "tta: flips / zooms / shifts / noise of the frame")
+    p.add_argument("--dropout-rate", type=float, default=DEFAULT_DROPOUT_RATE, help="MC-dropout channel drop rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draws")
 
     b = sub.add_parser("bench", help="latency of a 640x480 frame: onnxruntime vs torch")
     b.add_argument("--model", required=True)
@@ -729,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "export":
             props = {k: getattr(args, k) for k in ("max_hypotheses", "objectness_threshold", "nms_iou",
                                                    "mask_threshold", "min_area", "max_seeds")}
-            card = export(args.src, args.out, args.size, args.torchscript, props)
+            card = export(args.src, args.out, args.size, args.torchscript, props, mc_dropout=not args.no_mc_dropout)
             print(f"exported {card['training']['source']} -> {Path(args.out) / ONNX_NAME} "
                   f"({card['input']['width']}x{card['input']['height']}, model version {card['model']['version']}, "
                   f"max |onnx - torch| {max(card['export']['onnx_vs_torch_max_abs_diff'].values(), default=0):.1e})")

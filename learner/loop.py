@@ -37,8 +37,7 @@ from data.schema import Label
 from learner.agent import Agent, AgentConfig
 from learner.hypotheses import propose
 from learner.model import SegmenterConfig
-from learner.train import CHECKPOINT_NAME, TrainConfig, Trainer
-from learner.train_data import LogSource
+from learner.train import CHECKPOINT_NAME, TrainConfig, Trainer, log_source
 from robot.base import Robot
 
 
@@ -94,7 +93,8 @@ class InteractiveLoop:
         self.agent = Agent(agent_cfg, np.random.default_rng(loop.seed))
         self.state = LoopState()
         self._stop = False
-        self.session: dict[str, Any] = {"interactions": 0, "positives": 0, "hits_model": [], "hits_explore": []}
+        self.session: dict[str, Any] = {"interactions": 0, "positives": 0, "hits_model": [], "hits_explore": [],
+                                        "by_version": {}}
 
     # ---------------------------------------------------------------- persistence
     def _load(self, log: InteractionLog) -> None:
@@ -255,7 +255,7 @@ class InteractiveLoop:
         return self.summary(start_n)
 
     def retrain(self) -> None:
-        source = LogSource(self.log_path, self.trainer.cfg.table_prior_height, seed=self.loop.seed + self.trainer.step)
+        source = log_source(self.log_path, self.trainer.cfg, seed=self.loop.seed + self.trainer.step)
         if not source.positives and not source.negatives:
             return
         stats = self.trainer.train(source, steps=self.loop.train_steps, metrics_path=self.metrics_path, progress=False)
@@ -277,6 +277,12 @@ class InteractiveLoop:
         s["positives"] += row["label"] == "positive"
         if "hit_object_gt" in row:
             (s["hits_model"] if row["chosen_hypothesis"] >= 0 else s["hits_explore"]).append(row["hit_object_gt"])
+        if row["chosen_hypothesis"] >= 0:  # what the model proposed, per model version (did it get better?)
+            v = s["by_version"].setdefault(str(row["model_version"]), {"n": 0, "positive": 0, "hit_gt": []})
+            v["n"] += 1
+            v["positive"] += row["label"] == "positive"
+            if "hit_object_gt" in row:
+                v["hit_gt"].append(bool(row["hit_object_gt"]))
 
     def _postfix(self) -> dict[str, str]:
         s = self.session
@@ -297,6 +303,10 @@ class InteractiveLoop:
             "positive_rate_this_run": s["positives"] / max(s["interactions"], 1),
             "hit_rate_model_proposals_gt": float(np.mean(s["hits_model"])) if s["hits_model"] else None,
             "hit_rate_exploration_gt": float(np.mean(s["hits_explore"])) if s["hits_explore"] else None,
+            "model_proposals_by_version": {
+                k: {"n": v["n"], "positive_rate": v["positive"] / v["n"],
+                    "hit_rate_gt": float(np.mean(v["hit_gt"])) if v["hit_gt"] else None}
+                for k, v in s["by_version"].items()},
             "model_version": self.trainer.model_version,
             "train_steps": self.trainer.step,
             "train_seconds": self.trainer.train_seconds,

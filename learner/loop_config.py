@@ -17,6 +17,7 @@ from data.frame_diff import FrameDiffConfig
 from learner.agent import AgentConfig
 from learner.loop import LoopSettings
 from learner.train import TrainConfig
+from robot.franka_robot import FrankaConfig
 from robot.sim_robot import SimRobotConfig
 
 
@@ -26,16 +27,14 @@ class SimRobotSchema(SimRobotConfig):
 
 
 @dataclass
-class FrankaRobotSchema:
-    """A Franka Panda via franky-control and a RealSense camera (the `franka` extra)."""
+class FrankaRobotSchema(FrankaConfig):
+    """A Franka Panda via franky-control and a RealSense camera (the `franka` extra).
+
+    The fields are FrankaConfig's (robot/franka_robot.py), so names and types cannot drift apart;
+    robot/franka_robot.py imports franky and pyrealsense2 only when the robot connects.
+    """
 
     kind: str = "franka"
-    ip: str = "172.16.0.2"
-    dry_run: bool = True
-    confirm: bool = True
-    calibration: str = "configs/robot/franka_calibration.yaml"
-    width: int = 640
-    height: int = 480
 
 
 @dataclass
@@ -96,6 +95,13 @@ def validate(cfg: Any) -> None:
         _check(cfg.robot.split in ("train", "val", "test"), "robot.split", f"must be train/val/test, got {cfg.robot.split!r}")
         _check(cfg.robot.width % 16 == 0 and cfg.robot.height % 16 == 0, "robot.width/height",
                "must be multiples of 16 (network strides)")
+    if cfg.robot.kind == "franka":
+        franka = to_dataclass(FrankaConfig, cfg.robot)
+        try:
+            franka.validate()  # every message starts with the key, e.g. "robot.max_contact_force: ..."
+        except ValueError as e:
+            key = str(e).split(":", 1)[0]
+            raise ValueError(f"config error at '{key}': {str(e).split(': ', 1)[-1]}") from None
     lr = cfg.learner
     _check(lr.loss in ("robust", "bce_dice"), "learner.loss", f"must be robust or bce_dice, got {lr.loss!r}")
     _check(0 < lr.tau <= 1, "learner.tau", f"must be in (0, 1], got {lr.tau}")

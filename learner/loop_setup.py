@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,10 +21,21 @@ def make_robot(node: Any) -> Robot:
         from robot.sim_robot import SimRobot, SimRobotConfig
 
         return SimRobot(to_dataclass(SimRobotConfig, node))
-    raise ValueError(
-        "robot=franka: the Franka Panda / RealSense driver is not part of this version yet; "
-        "use robot=sim (the config group configs/robot/franka.yaml documents the planned settings)"
-    )
+    if node.kind == "franka":
+        from robot.franka_robot import SETUP_HINT, FrankaConfig, FrankaRobot
+
+        cfg = to_dataclass(FrankaConfig, OmegaConf.to_container(node, resolve=True))  # plain lists, not ListConfig
+        needed = {"pyrealsense2": "pyrealsense2"} | ({} if cfg.dry_run else {"franky": "franky-control"})
+        missing = []
+        for module, package in needed.items():
+            try:
+                importlib.import_module(module)
+            except ImportError as e:  # not installed, or pyrealsense2 without Debian's libusb-1.0-0
+                missing.append(f"{package} ({e})")
+        if missing:
+            raise ImportError(f"robot=franka needs {' and '.join(missing)}: {SETUP_HINT}")
+        return FrankaRobot(cfg)
+    raise ValueError(f"unknown robot.kind {node.kind!r}; expected sim or franka")
 
 
 def build_loop(cfg: DictConfig, run_dir: str) -> InteractiveLoop:
@@ -55,6 +67,9 @@ def print_summary(s: dict[str, Any]) -> None:
         rows.append((f"held-out {k}", f"{f(v)} (depth clustering {f(s['baseline_depth_clustering'].get(k))})"))
     rows += [("run directory", s["run_dir"]), ("interaction log", s["log"]), ("deployable model", s["model"]),
              ("metrics", s["metrics"])]
+    for ver, v in s.get("model_proposals_by_version", {}).items():
+        rows.append((f"model v{ver} proposals: n / positive / hit (GT)",
+                     f"{v['n']} / {v['positive_rate']:.2f} / {f(v['hit_rate_gt'])}"))
     w = max(len(k) for k, _ in rows)
     print("\nSummary")
     for k, v in rows:

@@ -4,11 +4,15 @@ Input layout (C = 7, float32, channels first):
   0..2  RGB, scaled to [0, 1] then normalised with ImageNet mean/std,
   3..5  camera-frame XYZ (OpenCV: x right, y down, z forward) deprojected from depth and K,
         centred on the per-image median of the valid points and divided by `xyz_scale` metres,
-  6     valid-depth flag (1 = measured, 0 = missing); missing pixels have XYZ = 0.
+  6     valid-depth flag (1 = measured, 0 = missing); missing pixels have XYZ = 0,
+  7     height above the dominant plane (the table, by seeded RANSAC in learner/table_plane.py: no
+        camera pose needed), clipped to [HEIGHT_MIN_M, HEIGHT_MAX_M] and divided by HEIGHT_SCALE_M;
+        0 where depth is missing.
 
 Everything is plain torch (batched, no numpy in the tensor path) so the same code runs in training,
 in evaluation and in front of an exported model. The median is computed with sort + gather so it
-has no data-dependent Python control flow.
+has no data-dependent Python control flow. The plane fit is numpy (per image, deterministic); the
+exported ONNX graph takes the finished input, and learner/segmenter_runtime.py builds it the same way.
 
 Pixel convention (see robot/base.py): (u, v) = (column, row), origin at the centre of the top-left
 pixel. Resizing uses the matching "pixel centres" (align_corners=False) convention, so a pixel
@@ -21,10 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from learner.table_plane import height_above_plane
+
 RGB_MEAN = (0.485, 0.456, 0.406)
 RGB_STD = (0.229, 0.224, 0.225)
 XYZ_SCALE_M = 0.25
-IN_CHANNELS = 7
+HEIGHT_SCALE_M = 0.05
+HEIGHT_MIN_M = -0.1
+HEIGHT_MAX_M = 0.3
+IN_CHANNELS = 8
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -116,7 +125,7 @@ def make_input(
     xyz_scale: float = XYZ_SCALE_M,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Build the (B,7,H,W) float32 network input from RGB-D.
+    """Build the (B,8,H,W) float32 network input from RGB-D.
 
     rgb: (H,W,3)/(B,H,W,3) uint8 (or float in [0,1]); depth: (H,W)/(B,H,W) float metres, 0 = missing;
     K: (3,3) or (B,3,3) intrinsics for this resolution. numpy or torch.
@@ -133,7 +142,17 @@ def make_input(
     centre = masked_median(xyz.reshape(B, 3, H * W), valid.reshape(B, H * W))
     validf = valid.unsqueeze(1).to(xyz.dtype)
     xyz = (xyz - centre.view(B, 3, 1, 1)) / xyz_scale * validf
-    return torch.cat([normalize_rgb(rgb01), xyz, validf], dim=1).contiguous()
+    return torch.cat([normalize_rgb(rgb01), xyz, validf, height_channel(d, K)], dim=1).contiguous()
+
+
+def height_channel(depth: torch.Tensor, K: ArrayLike) -> torch.Tensor:
+    """(B,H,W) depth in metres -> (B,1,H,W) scaled, clipped height above each image's dominant plane."""
+    B = depth.shape[0]
+    Kn = _batched_K(K, B, torch.device("cpu")).double().numpy()
+    dn = depth.detach().cpu().numpy()
+    h = np.stack([height_above_plane(dn[b], Kn[b]) for b in range(B)])
+    h = np.clip(h, HEIGHT_MIN_M, HEIGHT_MAX_M) / np.float32(HEIGHT_SCALE_M)
+    return torch.from_numpy(h.astype(np.float32)).unsqueeze(1).to(depth.device)
 
 
 # ----------------------------------------------------------------------------------------------

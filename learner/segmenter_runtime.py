@@ -18,7 +18,8 @@ network, `learner.hypotheses.propose_from_output`, the final nearest-exact resiz
   bilinear (pixel-centre convention) when enlarging, rounded half-to-even; depth by nearest-exact;
   K by fx' = sx fx, cx' = (cx + 0.5) sx - 0.5;
 - input: RGB/255 normalised with mean/std, camera-frame XYZ centred on the per-image lower median of
-  the valid points and divided by the card's scale, valid flag;
+  the valid points and divided by the card's scale, valid flag, height above the dominant plane
+  (the same numpy code as training: learner/table_plane.py);
 - seeds: 3x3 local maxima of the objectness logits with sigmoid > threshold, strongest first;
 - masks: the dynamic MLP on [F(x), (x - p)/coord_scale] at stride 4, logits upsampled bilinearly to
   the model input size, sigmoid > mask_threshold; only the crop that can exceed the threshold is
@@ -26,6 +27,15 @@ network, `learner.hypotheses.propose_from_output`, the final nearest-exact resiz
 - score = mean objectness probability x mean mask probability inside the mask; masks smaller than
   min_area dropped; greedy mask-IoU NMS; at most max_hypotheses;
 - masks resized to the input resolution with nearest-exact.
+
+Distributional predictions (`Segmenter.predict_distributional`, Latent-MaskRCNN Sec. IV): k samples
+of hypotheses, turned into p-confidence masks (contained in masks of >= ceil(k p) samples, disjoint;
+high precision, fewer double picks) or Union-NMS masks (high recall) by `learner.mask_sets`. mode
+"mean" is `predict` (the prior mean). Samplers: "mc_dropout" (default) runs the exported MC graph
+(`segmenter_mc.onnx`: the network with its head-trunk output multiplied by a per-channel input) with
+Bernoulli(1 - rate) / (1 - rate) channel factors, i.e. `F.dropout2d` as `learner.sampling` applies
+it in torch; "tta" perturbs the frame (`learner.tta`: flip / zoom / shift with K updated
+consistently, RGB gain, depth noise) and maps the masks back.
 
 Agreement with torch: the preprocessing is bit-identical when shrinking (the usual case, e.g.
 640x480 -> 320x240); when enlarging, bilinear values can differ by 1 ulp, which flips a uint8
@@ -44,16 +54,27 @@ from typing import Any
 import cv2
 import numpy as np
 
+from learner.mask_sets import ConfidenceConfig, MaskSet, confidence_masks, union_nms
+from learner.table_plane import height_above_plane
+from learner.tta import TTAConfig, make_transforms, sample_with_transforms
+
 CARD_NAME = "model_card.json"
 ONNX_NAME = "segmenter.onnx"
 CARD_METADATA_KEY = "model_card"  # the card is also embedded in the ONNX metadata
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("objectness", "features", "kernels")
+MC_ONNX_NAME = "segmenter_mc.onnx"  # the same network with a per-channel factor on the head trunk (MC dropout)
+MC_INPUT_NAME = "trunk_scale"
+SAMPLERS = ("mc_dropout", "tta")  # predict_samples / predict_distributional samplers, default first
+DEFAULT_DROPOUT_RATE = 0.1
 
 # plausibility limits for the depth unit check
 MAX_DEPTH_M = 20.0  # float depth whose median is above this is almost surely millimetres
 
-__all__ = ["Segmenter", "Instances", "InputError", "ModelError", "check_inputs", "CARD_NAME", "ONNX_NAME"]
+__all__ = ["Segmenter", "Instances", "InputError", "ModelError", "check_inputs", "interior_points", "CARD_NAME",
+           "ONNX_NAME", "MC_ONNX_NAME", "MODES", "SAMPLERS"]
+
+MODES = ("mean", "confidence", "union")  # predict_distributional modes
 
 
 class InputError(ValueError):
@@ -320,11 +341,13 @@ def resize_rgbd(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, size_hw: tupl
 
 
 def make_input(
-    rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, mean: np.ndarray, std: np.ndarray, xyz_scale: float
+    rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, mean: np.ndarray, std: np.ndarray, xyz_scale: float,
+    height: tuple[float, float, float] = (0.05, -0.1, 0.3),
 ) -> np.ndarray:
-    """(1,7,H,W) float32: normalised RGB, median-centred scaled XYZ, valid flag."""
+    """(1,8,H,W) float32: normalised RGB, median-centred scaled XYZ, valid flag, height above the
+    dominant plane (height = (scale_m, min_m, max_m) from the card; learner/table_plane.py)."""
     H, W = depth.shape
-    x = np.empty((1, 7, H, W), np.float32)
+    x = np.empty((1, 8, H, W), np.float32)
     # uint8 -> (v/255 - mean)/std through a 256-entry table per channel (the same float32 values)
     levels = np.arange(256, dtype=np.float32) / np.float32(255.0)
     for c in range(3):
@@ -347,6 +370,9 @@ def make_input(
             centre = np.partition(xyz[c][valid], k)[k]
         x[0, 3 + c] = (xyz[c] - centre) / scale * validf
     x[0, 6] = validf
+    h_scale, h_min, h_max = height
+    h = height_above_plane(d, np.asarray(K, np.float64))
+    x[0, 7] = np.clip(h, h_min, h_max) / np.float32(h_scale)
     return x
 
 
@@ -684,6 +710,21 @@ def propose_from_heads(
     return masks, np.asarray([scores[i] for i in kept], np.float32), np.stack([seeds[i] for i in kept]), n_seed
 
 
+def interior_points(masks: np.ndarray) -> np.ndarray:
+    """(N, 2) float32 (u, v) of each mask's most interior pixel (peak of the Euclidean distance to
+    the nearest pixel outside the mask; the image border counts as outside; first in row-major order
+    on ties); (-1, -1) for an empty mask. A natural grasp point."""
+    masks = np.asarray(masks, bool)
+    out = np.full((masks.shape[0], 2), -1.0, np.float32)
+    for i, m in enumerate(masks):
+        if not m.any():
+            continue
+        d = cv2.distanceTransform(np.pad(m.astype(np.uint8), 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+        v, u = np.unravel_index(int(np.argmax(d)), d.shape)
+        out[i] = (u, v)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # The runtime
 # ----------------------------------------------------------------------------------------------
@@ -717,18 +758,43 @@ def _card_get(card: dict, *keys: str) -> Any:
     return d
 
 
+def _session(onnx_path: Path, threads: int, allow_spinning: bool) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    try:
+        return ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ModelError(f"cannot load ONNX model {onnx_path}: {e}") from None
+
+
 class Segmenter:
     """An exported segmenter run with onnxruntime. Create with `Segmenter.load(path)`."""
 
-    def __init__(self, session: Any, card: dict[str, Any], path: Path | None = None):
+    def __init__(self, session: Any, card: dict[str, Any], path: Path | None = None,
+                 mc_path: Path | None = None, session_options: dict[str, Any] | None = None):
         self.session = session
         self.card = card
         self.path = path
+        self.mc_path = mc_path  # the MC-dropout graph, loaded on first use
+        self._mc_session: Any = None
+        self._session_options = dict(session_options or {})
+        if int(card.get("format_version", 0)) < 2:
+            raise ModelError("this export predates the plane_height input channel (card format_version < 2); "
+                             "re-export the checkpoint with `python -m learner.deploy export`")
         inp = _card_get(card, "input")
         self.input_size: tuple[int, int] = (int(_card_get(inp, "height")), int(_card_get(inp, "width")))
         self.rgb_mean = np.asarray(_card_get(inp, "rgb", "mean"), np.float32)
         self.rgb_std = np.asarray(_card_get(inp, "rgb", "std"), np.float32)
         self.xyz_scale = float(_card_get(inp, "xyz", "scale_m"))
+        self.height = (float(_card_get(inp, "plane_height", "scale_m")), float(_card_get(inp, "plane_height", "min_m")),
+                       float(_card_get(inp, "plane_height", "max_m")))
         head = _card_get(card, "dynamic_head")
         self.embed_dim = int(head["embed_dim"])
         self.dyn_hidden = int(head["dyn_hidden"])
@@ -744,8 +810,6 @@ class Segmenter:
         busy-wait for work (onnxruntime's own default). Off by default: after a run the spinning
         worker competes with the numpy post-processing and with other processes, which on a busy
         2-core machine made a frame about 1.7x slower."""
-        import onnxruntime as ort
-
         p = Path(path)
         if p.is_dir():
             onnx_path, card_path = p / ONNX_NAME, p / CARD_NAME
@@ -754,18 +818,10 @@ class Segmenter:
         if not onnx_path.is_file():
             raise ModelError(f"no exported model at {onnx_path} (run `python -m learner.deploy export` first)")
         card = _read_card(onnx_path, card_path)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-        try:
-            sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ModelError(f"cannot load ONNX model {onnx_path}: {e}") from None
-        return cls(sess, card, onnx_path)
+        sess = _session(onnx_path, threads, allow_spinning)
+        mc_name = (card.get("files") or {}).get("onnx_mc_dropout")
+        mc_path = onnx_path.parent / mc_name if mc_name and (onnx_path.parent / mc_name).is_file() else None
+        return cls(sess, card, onnx_path, mc_path, {"threads": threads, "allow_spinning": allow_spinning})
 
     # -------------------------------------------------------------------------------------
     def prepare(self, rgb: Any, depth: Any, K: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -773,23 +829,35 @@ class Segmenter:
         last three are the validated frame at its own resolution."""
         rgb, depth_m, Km = check_inputs(rgb, depth, K)
         r, d, k = resize_rgbd(rgb, depth_m, Km, self.input_size)
-        return make_input(r, d, k, self.rgb_mean, self.rgb_std, self.xyz_scale), rgb, depth_m, Km
+        return make_input(r, d, k, self.rgb_mean, self.rgb_std, self.xyz_scale, self.height), rgb, depth_m, Km
 
-    def run_network(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        outs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x, np.float32)})
+    def run_network(self, x: np.ndarray, trunk_scale: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Network heads for input x; with trunk_scale (per-channel factors, shape of the card's
+        mc_dropout.shape) the MC graph runs instead."""
+        if trunk_scale is None:
+            outs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x, np.float32)})
+        else:
+            outs = self._mc().run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x, np.float32),
+                                                       MC_INPUT_NAME: np.ascontiguousarray(trunk_scale, np.float32)})
         return dict(zip(OUTPUT_NAMES, outs, strict=True))
 
-    def predict(self, rgb: Any, depth: Any, K: Any, **params: Any) -> Instances:
-        """Object hypotheses for one frame at any resolution.
+    @property
+    def has_mc_dropout(self) -> bool:
+        return self.mc_path is not None
 
-        rgb (H,W,3) uint8; depth (H,W) float metres or uint16 millimetres (0/NaN = missing); K (3,3)
-        for this resolution. Keyword overrides of the card's proposal parameters: max_hypotheses,
-        objectness_threshold, nms_iou, mask_threshold, max_seeds, min_area."""
-        bad = set(params) - set(_PROPOSAL_KEYS)
-        if bad:
-            raise TypeError(f"unknown proposal parameters {sorted(bad)}; expected some of {_PROPOSAL_KEYS}")
-        x, rgb, depth_m, Km = self.prepare(rgb, depth, K)
-        out = self.run_network(x)
+    def _mc(self) -> Any:
+        if self._mc_session is None:
+            if self.mc_path is None:
+                raise ModelError(
+                    f"this export has no MC-dropout graph ({MC_ONNX_NAME}); re-export it with "
+                    "`python -m learner.deploy export`, or use sampler='tta'"
+                )
+            o = self._session_options
+            self._mc_session = _session(self.mc_path, o.get("threads", 2), o.get("allow_spinning", False))
+        return self._mc_session
+
+    def _instances(self, out: dict[str, np.ndarray], rgb: np.ndarray, depth_m: np.ndarray, Km: np.ndarray,
+                   params: dict[str, Any]) -> Instances:
         pp = {**self.proposal_params, **params}
         Hn, Wn = self.input_size
         H, W = rgb.shape[:2]
@@ -805,4 +873,105 @@ class Segmenter:
             masks, scores, pts.astype(np.float32), depth_m, Km, {"num_seeds": n_seeds}
         )
 
+    def predict(self, rgb: Any, depth: Any, K: Any, **params: Any) -> Instances:
+        """Object hypotheses for one frame at any resolution.
+
+        rgb (H,W,3) uint8; depth (H,W) float metres or uint16 millimetres (0/NaN = missing); K (3,3)
+        for this resolution. Keyword overrides of the card's proposal parameters: max_hypotheses,
+        objectness_threshold, nms_iou, mask_threshold, max_seeds, min_area."""
+        bad = set(params) - set(_PROPOSAL_KEYS)
+        if bad:
+            raise TypeError(f"unknown proposal parameters {sorted(bad)}; expected some of {_PROPOSAL_KEYS}")
+        x, rgb, depth_m, Km = self.prepare(rgb, depth, K)
+        return self._instances(self.run_network(x), rgb, depth_m, Km, params)
+
     __call__ = predict
+
+    # -------------------------------------------------------------------------------------
+    def predict_samples(
+        self, rgb: Any, depth: Any, K: Any, samples: int = 10, seed: int = 0, sampler: str = "mc_dropout",
+        dropout_rate: float = DEFAULT_DROPOUT_RATE, tta: TTAConfig | None = None, **params: Any,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """k samples of hypotheses for one frame, masks in the frame's own pixels:
+        [(masks (n, H, W) bool, scores (n,) float32)]. Sample 0 is `predict` itself (for "tta" unless
+        tta.include_identity is off). The same (frame, samples, seed, sampler settings) give the same
+        samples. sampler: "mc_dropout" (channel dropout with `dropout_rate` on the head trunk; needs
+        the MC graph of the export) or "tta" (settings `tta`). params: proposal overrides as for
+        `predict`."""
+        bad = set(params) - set(_PROPOSAL_KEYS)
+        if bad:
+            raise TypeError(f"unknown proposal parameters {sorted(bad)}; expected some of {_PROPOSAL_KEYS}")
+        if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
+            raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if sampler == "mc_dropout":
+            if not (isinstance(dropout_rate, int | float) and 0.0 <= dropout_rate < 1.0):
+                raise ValueError(f"dropout_rate must lie in [0, 1), got {dropout_rate!r}")
+            mc = _card_get(self.card, "mc_dropout") if self.mc_path is not None else None
+            self._mc()  # a clear error now if the export has no MC graph
+            x, rgb_v, depth_m, Km = self.prepare(rgb, depth, K)
+            shape = tuple(int(v) for v in mc["shape"])
+            rng = np.random.default_rng([int(seed), 1])
+            out = []
+            for i in range(int(samples)):
+                if i == 0:
+                    heads = self.run_network(x)
+                else:
+                    keep = rng.random(shape) >= dropout_rate
+                    heads = self.run_network(x, (keep / np.float32(1.0 - dropout_rate)).astype(np.float32))
+                inst = self._instances(heads, rgb_v, depth_m, Km, params)
+                out.append((inst.masks, inst.scores))
+            return out
+        rgb, depth_m, Km = check_inputs(rgb, depth, K)
+        transforms = make_transforms(int(samples), tta, seed)
+
+        def fn(r: np.ndarray, d: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            inst = self.predict(r, d, k, **params)
+            return inst.masks, inst.scores
+
+        return sample_with_transforms(fn, rgb, depth_m, Km, transforms)
+
+    def predict_distributional(
+        self,
+        rgb: Any,
+        depth: Any,
+        K: Any,
+        mode: str = "confidence",
+        p: float = 0.9,
+        samples: int = 10,
+        seed: int = 0,
+        sampler: str = "mc_dropout",
+        dropout_rate: float = DEFAULT_DROPOUT_RATE,
+        tta: TTAConfig | None = None,
+        min_score: float = 0.1,
+        union_iou: float | None = None,
+        **params: Any,
+    ) -> Instances:
+        """Distributional prediction for one frame (see the module docstring).
+
+        mode: "mean" (= predict), "confidence" (p-confidence masks: each lies inside masks of at least
+        ceil(samples p) of the samples; disjoint) or "union" (Union-NMS, IoU threshold union_iou,
+        default the card's nms_iou). p in (0, 1]; samples >= 1; seed fixes the random draws;
+        sampler / dropout_rate / tta as in `predict_samples`. min_score: confidence masks scoring <=
+        this are not returned. Instances.points are each mask's most interior pixel; info carries
+        mode, p, samples, required_agreement, seed and sampler."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "mean":
+            return self.predict(rgb, depth, K, **params)
+        ConfidenceConfig(p=p, min_score=min_score).validate()  # clear errors before any work
+        smp = self.predict_samples(rgb, depth, K, samples=samples, seed=seed, sampler=sampler,
+                                   dropout_rate=dropout_rate, tta=tta, **params)
+        pp = {**self.proposal_params, **params}
+        max_masks = int(pp["max_hypotheses"])
+        if mode == "confidence":
+            cfg = ConfidenceConfig(p=p, min_score=min_score, min_area=max(int(pp["min_area"]), 1), max_masks=max_masks)
+            res: MaskSet = confidence_masks(smp, config=cfg)
+        else:
+            res = union_nms(smp, float(pp["nms_iou"]) if union_iou is None else float(union_iou), max_masks)
+        _, depth_m, Km = check_inputs(rgb, depth, K)
+        info = {"mode": mode, "p": float(p) if mode == "confidence" else None, "samples": int(samples),
+                "required_agreement": int(res.required) if mode == "confidence" else None, "seed": int(seed),
+                "sampler": sampler, "dropout_rate": float(dropout_rate) if sampler == "mc_dropout" else None}
+        return Instances(res.masks, res.scores, interior_points(res.masks), depth_m, Km, info)

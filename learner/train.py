@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from data.label_propagation import PropagationConfig
 from learner.losses import (
     association_loss,
     bce_dice_loss,
@@ -69,6 +70,7 @@ class TrainConfig:
     objectness_weight: float = 1.0
     negative_radius_px: float = 8.0
     table_prior: bool = True
+    propagate_labels: bool = True  # reuse masks in other frames of the same scene (data/label_propagation.py)
     table_prior_height: float = 0.004  # metres above the table plane still counted as table
     flip: bool = True
     color_jitter: float = 0.15
@@ -326,6 +328,12 @@ class Trainer:
         return {"steps": self.step - start, "seconds": elapsed, **last}
 
 
+def log_source(path: str | Path, cfg: TrainConfig, limit: int | None = None, seed: int | None = None) -> LogSource:
+    """The self-supervised training source of a log (its first `limit` records), as `cfg` asks for it."""
+    return LogSource(path, cfg.table_prior_height, seed=cfg.seed if seed is None else seed, limit=limit,
+                     propagation=PropagationConfig() if cfg.propagate_labels else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -339,12 +347,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tau", type=float, default=TrainConfig.tau)
     ap.add_argument("--no-pseudo", action="store_true", help="ablation: no RISE pseudo-sequences")
     ap.add_argument("--no-table-prior", action="store_true")
+    ap.add_argument("--no-propagation", action="store_true", help="ablation: each frame keeps only its own mask")
     ap.add_argument("--mask-loss-stride", type=int, default=TrainConfig.mask_loss_stride, choices=[1, 4])
     ap.add_argument("--threads", type=int, default=TrainConfig.num_threads)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     cfg = TrainConfig(steps=a.steps, time_budget_s=a.time_budget, batch_size=a.batch_size, loss=a.loss, tau=a.tau,
                       pseudo_sequences=not a.no_pseudo, table_prior=not a.no_table_prior, seed=a.seed,
+                      propagate_labels=not a.no_propagation,
                       mask_loss_stride=a.mask_loss_stride, num_threads=a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -356,9 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(a.log)
         if (path / "interactions.zarr").exists():
             path = path / "interactions.zarr"
-        source = LogSource(path, cfg.table_prior_height, seed=a.seed)
+        source = log_source(path, cfg)
         print(f"log {path}: {len(source.positives)} positives, {len(source.negatives)} negatives, "
-              f"{len(source.bank)} cut-outs in the instance bank")
+              f"{source.n_known_masks} masks after propagation, {len(source.bank)} cut-outs in the instance bank")
     else:
         source = SceneSource(a.oracle_scenes)
         print(f"ORACLE baseline: {len(source)} ground-truth scenes from {a.oracle_scenes}")

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from data.geometry import height_above_table
+from data.label_propagation import PropagationConfig, propagate_masks
 from data.log import InteractionLog
 from data.schema import Label
 from learner.pseudo_sequences import InstanceBank, cutout_from_interaction, make_pseudo_sequence
@@ -70,7 +71,7 @@ class LogSource:
 
     def __init__(self, log_path: str | Path, table_prior_height: float = 0.004, bank_capacity: int = 512,
                  min_mask_area: int = 30, seed: int = 0, use_reasons: tuple[str, ...] | None = None,
-                 limit: int | None = None):
+                 limit: int | None = None, propagation: PropagationConfig | None = None):
         self.table_prior_height = table_prior_height
         self.min_mask_area = min_mask_area
         self.rgb: list[np.ndarray] = []
@@ -102,6 +103,12 @@ class LogSource:
                 self.label.append(int(r.label))
                 if positive:
                     self.bank.add(cutout_from_interaction(r.rgb_before, r.depth_before, r.mask, r.depth_after, source=i))
+        # masks of the same scene that are also valid in each frame (data/label_propagation.py);
+        # without propagation a frame knows only its own interaction's mask
+        if propagation is not None:
+            self.known = propagate_masks(self.rgb, self.depth, self.pose, self.mask, propagation)
+        else:
+            self.known = [[i] if m is not None else [] for i, m in enumerate(self.mask)]
         self.positives = [i for i, m in enumerate(self.mask) if m is not None]
         self.negatives = [i for i, m in enumerate(self.mask) if m is None]
 
@@ -116,12 +123,17 @@ class LogSource:
     def interaction_image(self, i: int, rng: np.random.Generator, points_per_mask: int) -> TrainImage:
         img = TrainImage(self.rgb[i], self.depth[i], self.K[i], table=self._table(i))
         u, v = (float(x) for x in self.pixel[i])
-        if self.mask[i] is not None:
-            img.masks.append(self.mask[i])
-            img.points.append(sample_points_in(self.mask[i], points_per_mask, rng, first=(u, v)))
-        else:
+        if self.mask[i] is None:
             img.negatives = np.array([[u, v]], np.float32)
+        for s in self.known[i]:
+            img.masks.append(self.mask[s])
+            img.points.append(sample_points_in(self.mask[s], points_per_mask, rng, first=(u, v) if s == i else None))
         return img
+
+    @property
+    def n_known_masks(self) -> int:
+        """Labelled masks over all frames, propagated ones included."""
+        return sum(len(k) for k in self.known)
 
     def pseudo_pair(self, rng: np.random.Generator, points_per_mask: int, group: int,
                     min_visible: int = 40) -> tuple[TrainImage, TrainImage] | None:

@@ -94,10 +94,10 @@ def test_export_card_and_files(tiny):
     on_disk = json.loads((out / CARD_NAME).read_text())
     assert on_disk == card
     inp = card["input"]
-    assert (inp["height"], inp["width"]) == (240, 320) and inp["shape"] == [1, 7, 240, 320]
+    assert (inp["height"], inp["width"]) == (240, 320) and inp["shape"] == [1, 8, 240, 320]
     assert inp["rgb"]["mean"] == list(preprocess.RGB_MEAN) and inp["rgb"]["std"] == list(preprocess.RGB_STD)
     assert inp["xyz"]["scale_m"] == preprocess.XYZ_SCALE_M
-    assert inp["channels"][-1] == "valid"
+    assert inp["channels"][-2:] == ["valid", "plane_height"] and inp["plane_height"]["scale_m"] == preprocess.HEIGHT_SCALE_M
     assert card["outputs"]["stride"] == 4 and card["outputs"]["objectness"] == [1, 1, 60, 80]
     head = card["dynamic_head"]
     assert (head["embed_dim"], head["dyn_hidden"], head["coord_scale"]) == (16, 8, 64.0)
@@ -133,7 +133,7 @@ def test_export_from_trainer_checkpoint_and_file(tiny, tmp_path):
     card2 = deploy.export(run / "checkpoints" / "last.pt", tmp_path / "b", torchscript=True)
     assert card2["training"]["source_kind"] == "file" and card2["files"]["torchscript"] == "segmenter.ts"
     ts = torch.jit.load(str(tmp_path / "b" / "segmenter.ts"))
-    x = torch.randn(1, 7, 240, 320)
+    x = torch.randn(1, preprocess.IN_CHANNELS, 240, 320)
     with torch.no_grad():
         got, ref = ts(x), tiny["model"](x)
     assert all(torch.allclose(got[k], ref[k], atol=1e-5) for k in ref)

@@ -11,6 +11,7 @@ from data.log import InteractionLog
 from data.schema import Label
 from learner.agent import Agent, AgentConfig
 from learner.model import SegmenterConfig
+from learner.preprocess import IN_CHANNELS
 from learner.train import TrainConfig, Trainer
 from learner.train_data import LogSource
 from robot.sim_robot import SimRobot, SimRobotConfig
@@ -69,7 +70,7 @@ def test_checkpoint_round_trip_and_resume(tiny_log, tmp_path):
     assert ckpt["step"] == 3 and ckpt["model_version"] == 1
     b = Trainer(TrainConfig(steps=3, batch_size=2, max_queries=8, seed=99), TINY)
     b.load(path)
-    x = torch.randn(1, 7, 64, 96)
+    x = torch.randn(1, IN_CHANNELS, 64, 96)
     a.model.eval()
     b.model.eval()
     with torch.no_grad():

@@ -33,6 +33,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from learner.table_plane import deproject, fit_table_plane
+
 __all__ = [
     "DepthClusteringConfig",
     "DepthClusteringSegmenter",
@@ -59,79 +61,6 @@ class DepthClusteringConfig:
     grow_iters: int = 3
     grow_min_height_m: float = 0.004
     seed: int = 0
-
-
-def deproject(depth: np.ndarray, K: np.ndarray, stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Camera-frame points (M, 3) of valid (depth > 0) pixels with their full-resolution rows and
-    columns. With ``stride`` > 1 the image is split into stride x stride blocks and each block
-    contributes its first valid pixel (row-major), so isolated missing pixels do not punch holes
-    into the subsampled cloud."""
-    d = np.asarray(depth, dtype=np.float32)
-    if stride <= 1:
-        vv, uu = np.nonzero(d > 0)
-    else:
-        h, w = d.shape
-        hb, wb = -(-h // stride), -(-w // stride)
-        pad = np.zeros((hb * stride, wb * stride), dtype=np.float32)
-        pad[:h, :w] = d
-        blocks = pad.reshape(hb, stride, wb, stride).transpose(0, 2, 1, 3).reshape(hb, wb, stride * stride)
-        valid = blocks > 0
-        first = np.argmax(valid, axis=2)
-        bv, bu = np.nonzero(valid.any(axis=2))
-        k = first[bv, bu]
-        vv = bv * stride + k // stride
-        uu = bu * stride + k % stride
-    z = d[vv, uu].astype(np.float64)
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    pts = np.stack([(uu - cx) * z / fx, (vv - cy) * z / fy, z], axis=1)
-    return pts, vv, uu
-
-
-def fit_table_plane(
-    points: np.ndarray,
-    iters: int = 200,
-    inlier_dist: float = 0.01,
-    eval_points: int = 3000,
-    rng: np.random.Generator | int | None = 0,
-) -> tuple[np.ndarray, float, np.ndarray] | None:
-    """RANSAC plane n.p + d = 0 with |n| = 1 and d >= 0 (camera origin on the positive side).
-
-    Returns (n, d, inlier mask over ``points``) or None if there are fewer than 3 points or every
-    hypothesis was degenerate.
-    """
-    pts = np.asarray(points, dtype=np.float64)
-    m = pts.shape[0]
-    if m < 3:
-        return None
-    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    ev = pts if m <= eval_points else pts[gen.choice(m, eval_points, replace=False)]
-    tri = pts[gen.integers(0, m, size=(iters, 3))]  # (I, 3, 3)
-    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    norm = np.linalg.norm(normals, axis=1)
-    ok = norm > 1e-9
-    if not ok.any():
-        return None
-    normals = normals[ok] / norm[ok, None]
-    ds = -np.einsum("ij,ij->i", normals, tri[ok, 0])
-    counts = (np.abs(ev @ normals.T + ds) < inlier_dist).sum(axis=0)
-    best = int(np.argmax(counts))
-    n, d = normals[best], ds[best]
-    inl = np.abs(pts @ n + d) < inlier_dist
-    # least-squares refinement on the inliers (twice: the inlier set moves a little)
-    for _ in range(2):
-        if inl.sum() < 3:
-            break
-        c = pts[inl].mean(axis=0)
-        _, _, vt = np.linalg.svd(pts[inl] - c, full_matrices=False)
-        n_new = vt[-1]
-        d_new = -float(n_new @ c)
-        inl_new = np.abs(pts @ n_new + d_new) < inlier_dist
-        if inl_new.sum() < inl.sum():
-            break
-        n, d, inl = n_new, d_new, inl_new
-    if d < 0:
-        n, d = -n, -d
-    return n, float(d), inl
 
 
 def segment_depth(

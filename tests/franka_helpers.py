@@ -1,0 +1,110 @@
+"""Fixtures for the real-robot tests without hardware: a franky-sim server on loopback (MuJoCo, headless:
+no viewer is opened without --render, so no display or GL context is needed), fast FrankaConfigs, and
+pixel helpers for the synthetic table scene of the software camera."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+STARTUP_TIMEOUT_S = 90.0
+
+
+@pytest.fixture(scope="session")
+def franky_sim_host(tmp_path_factory) -> str:
+    """Start `franky-sim -s mujoco` for the test session; yield the robot address it prints; kill it after."""
+    pytest.importorskip("franky", reason="franky-control not installed (the `franka` extra)")
+    pytest.importorskip("franky_sim", reason="franky-sim not installed (the `franka` extra)")
+    pytest.importorskip("mujoco")
+    log_path = Path(tmp_path_factory.mktemp("franky_sim")) / "server.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-u", "-m", "franky_sim.run_server", "-s", "mujoco"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    host = None
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            m = re.search(r"using '([^']+)' as the robot IP", log_path.read_text())
+            if m:
+                host = m.group(1)
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        if host is None:
+            raise RuntimeError(f"franky-sim did not start (exit code {proc.poll()}):\n{log_path.read_text()[-3000:]}")
+        yield host
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def fast_config(host: str, **overrides):
+    """A FrankaConfig for franky-sim: no RT kernel, no prompt, software camera at 320x240, brisk motions."""
+    from robot.franka_robot import FrankaConfig
+
+    cfg = FrankaConfig(ip=host, dry_run=False, confirm=False, realtime=False, camera="software", width=320,
+                       height=240, camera_warmup_frames=2, dynamics_factor=1.0, contact_dynamics_factor=0.5,
+                       max_translation_speed=1.0, gripper_open_width=0.05, gripper_speed=0.1)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def pixel_of(frame, xyz) -> tuple[float, float]:
+    """Pixel (u, v) where the robot-frame point `xyz` (metres) appears in `frame`."""
+    p = np.linalg.inv(frame.camera_pose) @ np.append(np.asarray(xyz, float), 1.0)
+    K = frame.K
+    return float(K[0, 0] * p[0] / p[2] + K[0, 2]), float(K[1, 1] * p[1] / p[2] + K[1, 2])
+
+
+def box_top_pixel(frame, index: int = 0) -> tuple[float, float]:
+    """Pixel at the centre of the top face of synthetic box `index` of the software camera scene."""
+    from robot.software_camera import default_boxes
+
+    b = default_boxes()[index]
+    return pixel_of(frame, [b.center[0], b.center[1], b.size[2]])
+
+
+class BoardOnHandCamera:
+    """A `robot.camera.Camera` double for calibration tests: renders a ChArUco board rigidly fixed to the hand
+    (gripper_from_board) as seen from a camera at base_from_camera, using the arm's measured pose from franky."""
+
+    def __init__(self, franky_robot, base_from_camera, gripper_from_board, spec, K, width: int = 640, height: int = 480):
+        self.robot, self.camera_pose, self.gripper_from_board = franky_robot, base_from_camera, gripper_from_board
+        self.spec, self._K, self.width, self.height = spec, np.asarray(K, float), width, height
+        self.distortion = None
+
+    @property
+    def K(self):
+        return self._K.copy()
+
+    def connect(self) -> None:
+        pass
+
+    def disconnect(self) -> None:
+        pass
+
+    def read(self):
+        import franky
+
+        from robot.base import RGBDFrame
+        from robot.calibrate import render_board_view
+
+        s = self.robot.state
+        base_from_gripper = np.asarray(self.robot.model.pose(franky.Frame.EndEffector, s.q, s.F_T_EE, s.EE_T_K).matrix)
+        cam_from_board = np.linalg.inv(self.camera_pose) @ base_from_gripper @ self.gripper_from_board
+        rgb = render_board_view(self.spec, self._K, self.width, self.height, cam_from_board)
+        return RGBDFrame(rgb, np.zeros((self.height, self.width), np.float32), self.K, self.camera_pose.copy(), time.time())
