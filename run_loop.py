@@ -28,7 +28,13 @@ def main(cfg: DictConfig) -> None:
     except (ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print_summary(loop.run())
+    try:
+        summary = loop.run()
+    except RuntimeError as e:  # a robot or camera failure (e.g. robot.camera.CameraTimeoutError)
+        print(f"error: {type(e).__name__}: {e}\nevery committed interaction is safe in {loop.log_path}; "
+              "run the same command again to resume", file=sys.stderr)
+        sys.exit(1)
+    print_summary(summary)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@
    plus the depth-clustering baseline (no training).
 4. Writes `curve.json`, `curve.md` (a table) and `curve.png` (AP50 and overlap F against N).
 Training time per model is the `--steps` budget; the table reports the seconds it took.
+
+Runs can share one log and one scene set (`--log`, `--scenes`) and run side by side, e.g. the curve
+of ours and the oracle in one process and the ablations at the largest N in another;
+`--merge DIR DIR --out OUT` then writes one table and plot from their curve.json files.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ KEYS = ("AP50", "AP", "AP30", "overlap_F", "boundary_F")
 
 def collect(log_path: Path, n: int, seed: int, clutter: str = "cluttered", per_scene: int = 20) -> None:
     """Extend the log to `n` committed interactions with the cold-start agent (train split objects)."""
+    if (log_path / "zarr.json").exists():  # long enough already: read only (other benchmark runs may share it)
+        with InteractionLog.open(log_path, "r") as log:
+            if len(log) >= n:
+                return
     with InteractionLog.open_or_create(log_path, 240, 320) as log:
         if len(log) >= n:
             return
@@ -86,15 +94,17 @@ def evaluate_model(model, scenes: Path) -> dict[str, float]:
 
 
 def run(out: Path, ns: list[int], steps: int, n_test: int, variants: list[str], seed: int = 0,
-        model_cfg: SegmenterConfig | None = None, per_scene: int = 20) -> list[dict]:
+        model_cfg: SegmenterConfig | None = None, per_scene: int = 20, log_path: Path | None = None,
+        test_dir: Path | None = None) -> list[dict]:
     from learner.baselines.depth_clustering import DepthClusteringSegmenter
     from sim.export_scenes import export_scenes
 
     out.mkdir(parents=True, exist_ok=True)
-    test_dir = out / "test_scenes"
+    test_dir = test_dir or out / "test_scenes"
     if not (test_dir / "instances_coco.json").exists():
         export_scenes(test_dir, "test", n_test, seed=seed, progress=True)
-    collect(out / "interactions.zarr", max(ns), seed, per_scene=per_scene)
+    log_path = log_path or out / "interactions.zarr"
+    collect(log_path, max(ns), seed, per_scene=per_scene)
     rows: list[dict] = []
     base = evaluate_segmenter(DepthClusteringSegmenter().predict, test_dir, double_pick=False, per_scene=False)
     rows.append({"variant": "depth_clustering", "interactions": 0, "train_s": 0.0, **{k: float(base[k]) for k in KEYS}})
@@ -108,7 +118,7 @@ def run(out: Path, ns: list[int], steps: int, n_test: int, variants: list[str], 
                     export_scenes(train_dir, "train", n, seed=seed + 7, progress=False)
                 source = SceneSource(train_dir)
             else:
-                source = log_source(out / "interactions.zarr", trainer.cfg, limit=n)
+                source = log_source(log_path, trainer.cfg, limit=n)
             trainer.train(source, progress=True)
             row = {"variant": name, "interactions": n, "train_s": time.perf_counter() - t0,
                    **evaluate_model(trainer.model, test_dir)}
@@ -160,7 +170,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-scene", type=int, default=20, help="interactions before the sim table is re-spawned")
+    ap.add_argument("--log", help="an existing log to use (default OUT/interactions.zarr); extended if too short")
+    ap.add_argument("--scenes", help="exported test scenes to use (default OUT/test_scenes, exported if missing)")
+    ap.add_argument("--merge", nargs="+", metavar="DIR",
+                    help="only merge the curve.json of earlier runs (e.g. one with ablations) into OUT")
     a = ap.parse_args(argv)
+    if a.merge:
+        rows = []
+        for d in a.merge:
+            for r in json.loads((Path(d) / "curve.json").read_text()):
+                if r["variant"] == "depth_clustering" and any(x["variant"] == "depth_clustering" for x in rows):
+                    continue
+                rows.append(r)
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        write_outputs(Path(a.out), rows)
+        return 0
     variants = a.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
     if unknown:
@@ -168,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = sorted(int(x) for x in a.interactions.split(","))
     if not ns or ns[0] <= 0:
         ap.error("--interactions must be positive numbers")
-    run(Path(a.out), ns, a.steps, a.test_scenes, variants, a.seed, per_scene=a.per_scene)
+    run(Path(a.out), ns, a.steps, a.test_scenes, variants, a.seed, per_scene=a.per_scene,
+        log_path=Path(a.log) if a.log else None, test_dir=Path(a.scenes) if a.scenes else None)
     return 0
 
 

@@ -18,10 +18,12 @@ segmentations of one image into predictions with a chosen error asymmetry:
     generator, 200 draws, p 0.25 -> 1) about one p step in six produced a mask lying in no mask of
     the lower p, and the number of masks sometimes grew.
   * method "nested" (default) makes the greedy choices once, independent of p: anchors are taken as
-    tracks in order of their score averaged over all p (0, 1] ("stability"), skipping duplicates
-    (anchors mostly inside anchors already taken); each track's members are ordered by overlap with
-    its anchor; p only sets how many of them are intersected, and pixels of earlier tracks' anchors
-    are excluded. So as p grows every mask shrinks inside itself or drops, and none appears.
+    tracks in order of their score-weighted IoU agreement with the other samples, skipping
+    duplicates (anchors mostly inside anchors already taken); each track's members are ordered by
+    overlap with its anchor; p only sets how many of them are intersected, and pixels of earlier
+    tracks' anchors are excluded. So as p grows every mask shrinks inside itself or drops, and none
+    appears. It returns ~10% less area than "greedy" at the same p (val scenes): Alg. 1 also keeps
+    the leftovers of an object that other anchors' intersections left out, as extra small masks.
 - `union_nms` (Sec. IV-C, Alg. 2): greedy mask-IoU NMS over all masks of all samples (by score);
   every kept mask is replaced by its union with the masks it suppressed (high recall).
 - The prior-mean prediction (Sec. IV-D) needs no set algorithm: it is the plain single forward pass
@@ -271,12 +273,12 @@ def confidence_masks(
 def _member_lists(ps: PreparedSamples) -> tuple[list[np.ndarray], np.ndarray]:
     """For every anchor mask h: h, then from every other sample the mask with the largest |h ∩ m_j|
     (samples without any overlap left out), by decreasing overlap (ties: lower sample index); and the
-    anchor's stability: its confidence score (1/l) sum_j s_j |c_l| / |m_j| of c_l = the intersection of
-    its first l members, averaged over l = 1..k (0 where it has fewer than l members), i.e. the mean
-    score over all p in (0, 1]. -1 for an empty mask."""
+    anchor's score-weighted agreement with the samples, (1/k) sum_{j in list} s_j IoU(m_h, m_j)
+    (-1 for an empty mask). A mask that merges objects which the other samples separate has a low
+    IoU with their masks, so it ranks below the separate masks."""
     N, k = ps.masks.shape[0], ps.k
-    weight = np.where(ps.areas > 0, ps.scores / np.maximum(ps.areas, 1.0), 0.0)
-    lists, stability = [], np.full(N, -1.0)
+    iou = ps.iou()
+    lists, agree = [], np.full(N, -1.0)
     groups = [np.flatnonzero(ps.sample == g) for g in range(k)]
     for h in range(N):
         row = ps.inter[h]
@@ -291,43 +293,35 @@ def _member_lists(ps: PreparedSamples) -> tuple[list[np.ndarray], np.ndarray]:
         order = np.argsort(-np.asarray(best_v), kind="stable")
         mem = np.asarray([h] + [best_j[i] for i in order], np.int64)
         lists.append(mem)
-        if ps.areas[h] <= 0:
-            continue
-        y0, y1, x0, x1 = (int(v) for v in ps.boxes[h])
-        c = ps.masks[h, y0:y1, x0:x1].copy()
-        total = 0.0
-        for level, j in enumerate(mem, start=1):
-            if level > 1:
-                c &= ps.masks[j, y0:y1, x0:x1]
-            total += np.count_nonzero(c) * float(weight[mem[:level]].sum()) / level
-        stability[h] = total / k
-    return lists, stability
+        if ps.areas[h] > 0:
+            agree[h] = float(np.sum(ps.scores[mem] * iou[h, mem])) / k
+    return lists, agree
 
 
 def _confidence_nested(ps: PreparedSamples, cfg: ConfidenceConfig) -> MaskSet:
-    """Nested p-confidence masks: Alg. 1 with the greedy choices made once, independent of p.
+    """Nested p-confidence masks: Alg. 1 with its greedy choices made once, independent of p.
 
-    1. Every sample mask is an anchor with an ordered member list (`_member_lists`).
-    2. Tracks, greedily: anchors by decreasing stability (their score averaged over all p); an anchor more than
-       `track_overlap` of whose pixels lie in anchors already taken is a duplicate (the same object,
-       or a merge of objects already taken); the first `max_masks` tracks are kept.
+    1. Every sample mask is an anchor with an ordered member list and an agreement (`_member_lists`).
+    2. Tracks, greedily: anchors by decreasing agreement; an anchor more than `track_overlap` of
+       whose pixels lie in anchors already taken is a duplicate (the same object, or a merge of
+       objects already taken) and starts no track; the first `max_masks` tracks are kept.
     3. For p: m = ceil(k p); a track's mask is the intersection of its first m members minus the
        anchors of earlier tracks (so masks are disjoint). It is dropped if the track has fewer than m
        members, fewer than min_area pixels remain, or its score fell to <= min_score at any l <= m
        intersected masks. Score: the paper's mean score-weighted IoU of the mask with the m masks.
-    Everything in 1-2 and the exclusion in 3 is independent of p and the intersection only gains
-    masks as p grows, hence masks shrink or drop monotonically with p (and never move or appear)."""
+    Steps 1-2 and the exclusion in 3 do not depend on p, and the intersection only gains masks as p
+    grows, hence masks shrink or drop monotonically with p and never move or appear."""
     masks, scores, sid, idx, k = ps.masks, ps.scores, ps.sample, ps.index, ps.k
     hw = ps.image_size
     m = required_agreement(k, cfg.p)
     N = masks.shape[0]
     if N == 0:
         return _empty(hw, k, m)
-    lists, stability = _member_lists(ps)
+    lists, agree = _member_lists(ps)
     taken = np.zeros(hw, bool)
     tracks: list[tuple[int, np.ndarray]] = []  # (anchor, exclusion = union of earlier anchors)
-    for h in np.argsort(-stability, kind="stable"):
-        if stability[h] < 0 or len(tracks) >= int(cfg.max_masks):
+    for h in np.argsort(-agree, kind="stable"):
+        if agree[h] < 0 or len(tracks) >= int(cfg.max_masks):
             break
         if np.count_nonzero(masks[h] & taken) > cfg.track_overlap * ps.areas[h]:
             continue

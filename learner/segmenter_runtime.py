@@ -908,10 +908,11 @@ class Segmenter:
         if sampler == "mc_dropout":
             if not (isinstance(dropout_rate, int | float) and 0.0 <= dropout_rate < 1.0):
                 raise ValueError(f"dropout_rate must lie in [0, 1), got {dropout_rate!r}")
-            mc = _card_get(self.card, "mc_dropout") if self.mc_path is not None else None
             self._mc()  # a clear error now if the export has no MC graph
+            shape = tuple(int(v) for v in (self.card.get("mc_dropout") or {}).get("shape") or ())
+            if len(shape) != 4:
+                raise ModelError("model card lacks mc_dropout.shape; re-export with `python -m learner.deploy export`")
             x, rgb_v, depth_m, Km = self.prepare(rgb, depth, K)
-            shape = tuple(int(v) for v in mc["shape"])
             rng = np.random.default_rng([int(seed), 1])
             out = []
             for i in range(int(samples)):

@@ -28,7 +28,7 @@ class SimRobotConfig:
     place: str = "table"  # grasped objects go to a free spot on the "table" or into a "bin"
     shadows: bool = False
     seed: int = 0
-    interactions_per_scene: int = 40
+    interactions_per_scene: int = 20
 
 
 class SimRobot(Robot):
