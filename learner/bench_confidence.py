@@ -9,8 +9,8 @@ On held-out exported scenes (`sim.export_scenes`, label PNGs used for evaluation
   score >= t flattened into one label image (t = 0.5 is what `learner.evaluate` reports; the other
   thresholds show what a plain score knob buys);
 - p-confidence masks for every p and every sampler ("mc_dropout": channel dropout on the head trunk,
-  the default; "tta": test-time augmentation), optionally also with Alg. 1 as published
-  (--compare-greedy); Union-NMS of each sampler's samples;
+  the default; "tta": test-time augmentation), with Alg. 1 as published (the default) and optionally
+  the nested variant (--compare-methods); Union-NMS of each sampler's samples;
 - for each: pooled double-pick rate and pickable-area fraction (`learner.metrics.double_pick_stats`,
   paper Sec. V-D: a gripper disk of 2 cm radius sampled inside the predicted masks; a double pick if
   it touches two ground-truth objects; pickable area = predicted-mask area / ground-truth object
@@ -65,7 +65,7 @@ class BenchConfig:
         "tta": SamplerConfig(method="tta"),
     })
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
-    compare_greedy: bool = False  # also run Alg. 1 as published ("confidence-greedy/...")
+    compare_methods: bool = False  # also the other confidence method ("confidence-nested/..." or "-greedy")
     union_iou: float = 0.5
     gripper_radius_m: float = 0.02
     n_pick_samples: int = 500
@@ -174,8 +174,9 @@ def evaluate_scenes(
             for key, v in d.items():
                 acc[key] = acc.get(key, 0.0) + float(v)
             variants = [("confidence", cfg.confidence.method)]
-            if cfg.compare_greedy and cfg.confidence.method != "greedy":
-                variants.append(("confidence-greedy", "greedy"))
+            if cfg.compare_methods:
+                other = "nested" if cfg.confidence.method == "greedy" else "greedy"
+                variants.append((f"confidence-{other}", other))
             for label, method in variants:
                 for p in cfg.ps:
                     c = ConfidenceConfig(**{**asdict(cfg.confidence), "p": p, "method": method})
@@ -393,13 +394,13 @@ def _plot_panel(ax: Any, m: dict[str, Any], res: dict[str, Any], key: str, title
         ax.annotate(f"t={t:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="tab:gray")
     colors = {"mc_dropout": "tab:orange", "tta": "tab:blue"}
     for sampler in res["eval"]["diversity"]:
-        for label, style in (("confidence", "o-"), ("confidence-greedy", "x:")):
+        for label, style in (("confidence", "o-"), ("confidence-greedy", "x:"), ("confidence-nested", "x:")):
             pts = sorted((float(k.split("p=")[1]), v) for k, v in m.items() if k.startswith(f"{label}/{sampler}/"))
             if not pts:
                 continue
             xs = [100 * v[key] for _, v in pts]
             ys = [v["pickable_area_fraction"] for _, v in pts]
-            name = "p-confidence" if label == "confidence" else "p-confidence, Alg. 1 greedy"
+            name = "p-confidence" if label == "confidence" else f"p-confidence, {label.split('-')[1]}"
             ax.plot(xs, ys, style, color=colors.get(sampler), label=f"{name} ({sampler})")
             for (p, _), x, y in zip(pts, xs, ys, strict=True):
                 ax.annotate(f"{p:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -419,8 +420,8 @@ def goal_check(res: dict[str, Any], sampler: str = "mc_dropout") -> dict[str, An
     m = res["eval"]["methods"]
     ref = m[f"single@{cfg['reference_threshold']:g}"]
     c = m[f"confidence/{sampler}/p={cfg['goal_p']:g}"]
-    def ratio(key: str) -> float:
-        return c[key] / ref[key] if ref[key] else float("inf")
+    def ratio(key: str) -> float:  # 0/0 (no double picks either way) counts as 0
+        return c[key] / ref[key] if ref[key] else (0.0 if c[key] == 0 else float("inf"))
 
     dp, dpw = ratio("double_pick_rate"), ratio("double_pick_rate_area_weighted")
     ar = c["pickable_area_fraction"] / ref["pickable_area_fraction"] if ref["pickable_area_fraction"] else 0.0
@@ -447,7 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dropout-rate", type=float, default=SamplerConfig.dropout_rate)
     ap.add_argument("--samplers", default="mc_dropout,tta",
                     help="comma-separated: mc_dropout, tta; the first one is the headline (goal check, sim)")
-    ap.add_argument("--compare-greedy", action="store_true", help="also Alg. 1 as published (method greedy)")
+    ap.add_argument("--compare-methods", action="store_true",
+                    help="also the other p-confidence method (nested, monotone in p) as confidence-nested/...")
     ap.add_argument("--sim-scenes", type=int, default=30, help="sim scenes for the grasp experiment (0 = skip)")
     ap.add_argument("--sim-grasps", type=int, default=3, help="masks grasped per scene and mode")
     ap.add_argument("--sim-clutter", default="cluttered", choices=("sparse", "cluttered", "piled"))
@@ -471,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"unknown sampler {name!r}")
         samplers[name] = SamplerConfig(method=name, samples=a.samples, seed=a.seed, dropout_rate=a.dropout_rate)
     cfg = BenchConfig(ps=a.ps, samples=a.samples, goal_p=a.goal_p, samplers=samplers, seed=a.seed,
-                      compare_greedy=a.compare_greedy)
+                      compare_methods=a.compare_methods)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -70,8 +70,8 @@ def collect(log_path: Path, n: int, seed: int, clutter: str = "cluttered", per_s
                                         table_bounds=robot.table_bounds))
 
 
-def variant_config(name: str, steps: int, seed: int) -> TrainConfig:
-    cfg = TrainConfig(steps=steps, seed=seed)
+def variant_config(name: str, steps: int, seed: int, threads: int = 2) -> TrainConfig:
+    cfg = TrainConfig(steps=steps, seed=seed, num_threads=threads)
     if name == "no_robust":
         cfg.loss = "bce_dice"
     elif name == "no_pseudo":
@@ -95,7 +95,7 @@ def evaluate_model(model, scenes: Path) -> dict[str, float]:
 
 def run(out: Path, ns: list[int], steps: int, n_test: int, variants: list[str], seed: int = 0,
         model_cfg: SegmenterConfig | None = None, per_scene: int = 20, log_path: Path | None = None,
-        test_dir: Path | None = None) -> list[dict]:
+        test_dir: Path | None = None, threads: int = 2) -> list[dict]:
     from learner.baselines.depth_clustering import DepthClusteringSegmenter
     from sim.export_scenes import export_scenes
 
@@ -111,7 +111,7 @@ def run(out: Path, ns: list[int], steps: int, n_test: int, variants: list[str], 
     for n in ns:
         for name in variants:
             t0 = time.perf_counter()
-            trainer = Trainer(variant_config(name, steps, seed), model_cfg, oracle=name == "oracle")
+            trainer = Trainer(variant_config(name, steps, seed, threads), model_cfg, oracle=name == "oracle")
             if name == "oracle":
                 train_dir = out / f"oracle_train_{n}"
                 if not (train_dir / "instances_coco.json").exists():
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-scene", type=int, default=20, help="interactions before the sim table is re-spawned")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per training (1 when runs share the CPU)")
     ap.add_argument("--log", help="an existing log to use (default OUT/interactions.zarr); extended if too short")
     ap.add_argument("--scenes", help="exported test scenes to use (default OUT/test_scenes, exported if missing)")
     ap.add_argument("--merge", nargs="+", metavar="DIR",
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if not ns or ns[0] <= 0:
         ap.error("--interactions must be positive numbers")
     run(Path(a.out), ns, a.steps, a.test_scenes, variants, a.seed, per_scene=a.per_scene,
-        log_path=Path(a.log) if a.log else None, test_dir=Path(a.scenes) if a.scenes else None)
+        log_path=Path(a.log) if a.log else None, test_dir=Path(a.scenes) if a.scenes else None, threads=a.threads)
     return 0
 
 

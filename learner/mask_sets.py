@@ -11,19 +11,19 @@ segmentations of one image into predictions with a chosen error asymmetry:
   Score = mean score-weighted IoU with the intersected masks, (1/m) sum_j s_j |c ∩ m_j| / |c ∪ m_j|
   (= (|c|/m) sum_j s_j / |m_j| since c ⊆ m_j); masks scoring <= `min_score` (0.1 in the paper) or
   smaller than `min_area` are not returned. Output masks are disjoint. Two selection rules:
-  * method "greedy" is Alg. 1 as published: overlaps are |m_h ∩ m_j - M| (M = pixels already
+  * method "greedy" (default) is Alg. 1 as published: overlaps are |m_h ∩ m_j - M| (M = pixels already
     predicted); the highest-scoring candidate is taken, its pixels join M, affected candidates are
     recomputed, until the best score is <= min_score or `max_masks` are taken. All choices depend on
     p, and the result is not monotone in p: on random synthetic samples (tests/test_mask_sets.py
     generator, 200 draws, p 0.25 -> 1) about one p step in six produced a mask lying in no mask of
     the lower p, and the number of masks sometimes grew.
-  * method "nested" (default) makes the greedy choices once, independent of p: anchors are taken as
+  * method "nested" makes the greedy choices once, independent of p: anchors are taken as
     tracks in order of their score-weighted IoU agreement with the other samples, skipping
     duplicates (anchors mostly inside anchors already taken); each track's members are ordered by
     overlap with its anchor; p only sets how many of them are intersected, and pixels of earlier
     tracks' anchors are excluded. So as p grows every mask shrinks inside itself or drops, and none
-    appears. It returns ~10% less area than "greedy" at the same p (val scenes): Alg. 1 also keeps
-    the leftovers of an object that other anchors' intersections left out, as extra small masks.
+    appears. Measured (docs/benchmarks.md) it trades worse than "greedy": ~10% less pickable area at
+    the same p and fewer double picks avoided, hence not the default.
 - `union_nms` (Sec. IV-C, Alg. 2): greedy mask-IoU NMS over all masks of all samples (by score);
   every kept mask is replaced by its union with the masks it suppressed (high recall).
 - The prior-mean prediction (Sec. IV-D) needs no set algorithm: it is the plain single forward pass
@@ -69,7 +69,7 @@ class ConfidenceConfig:
     min_score: masks scoring <= this are dropped (Alg. 1 stops there; 0.1 in the paper).
     min_area: candidates smaller than this (pixels, after removing already predicted pixels) are dropped.
     max_masks: at most this many masks.
-    method: "nested" (default; monotone in p) or "greedy" (Alg. 1 as published); see the module docstring.
+    method: "greedy" (default; Alg. 1 as published) or "nested" (monotone in p); see the module docstring.
     track_overlap: nested only; an anchor with more than this share of its pixels inside anchors of
         earlier tracks is a duplicate of them and starts no track.
     """
@@ -78,7 +78,7 @@ class ConfidenceConfig:
     min_score: float = 0.1
     min_area: int = 16
     max_masks: int = 20
-    method: str = "nested"
+    method: str = "greedy"
     track_overlap: float = 0.5
 
     def validate(self) -> None:
@@ -258,8 +258,7 @@ def confidence_masks(
     them (reused across calls). p overrides config.p.
     Every returned mask is the intersection of masks from `required = ceil(k p)` distinct samples
     (minus pixels given to other masks), hence lies inside at least that many sample masks; returned
-    masks are disjoint; `members` names the intersected masks. method "nested" (default) is also
-    monotone: for p < p', every mask at p' lies inside the mask of the same object at p, and no mask
+    masks are disjoint; `members` names the intersected masks. method "nested" is also monotone: for p < p', every mask at p' lies inside the mask of the same object at p, and no mask
     appears at p' that has no mask at p. Deterministic (ties go to the lower flattened index)."""
     cfg = config or ConfidenceConfig()
     if p is not None:

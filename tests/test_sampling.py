@@ -144,6 +144,7 @@ def test_tta_masks_map_back_to_the_original_frame(big_frame):
     cfg = TTAConfig(depth_noise_m=0.0, depth_dropout=0.0, scale_range=(0.9, 1.1), max_shift=0.04)
     transforms = make_transforms(6, cfg, seed=1)
     assert transforms[0].is_identity and transforms[1].flip and not transforms[2].flip
+    transforms += [FrameTransform(flip=True), FrameTransform(shift_u=-0.05, shift_v=0.04)]  # exact-copy paths
     samples = sample_with_transforms(_raised_objects, rgb, depth, K, transforms)
     for t, (masks, scores) in zip(transforms, samples, strict=True):
         assert masks.shape[1:] == (H, W) and len(scores) == len(masks)
@@ -161,7 +162,8 @@ def test_torch_tta_samples_any_resolution(tiny, frame):
     K2 = K.copy()
     K2[:2] *= 2.0
     K2[0, 2], K2[1, 2] = (K[0, 2] + 0.5) * 2 - 0.5, (K[1, 2] + 0.5) * 2 - 0.5
-    smp = sampling.sample_hypotheses(tiny, *big, K2, sampling.SamplerConfig(samples=2), net_size=(128, 160))
+    smp = sampling.sample_hypotheses(tiny, *big, K2, sampling.SamplerConfig(method="tta", samples=2),
+                                     net_size=(128, 160))
     assert all(m.shape[1:] == (256, 320) for m, _ in smp)
     ref, _ = propose(tiny, *big, K2, net_size=(128, 160))
     assert np.array_equal(smp[0][0], ref)
@@ -241,7 +243,7 @@ def test_runtime_and_torch_tta_samples_agree(tiny, exported, frame):
     rgb, depth, K = frame
     seg = Segmenter.load(exported)
     ort = seg.predict_samples(rgb, depth, K, samples=3, seed=5, sampler="tta")
-    pt = sampling.sample_hypotheses(tiny, rgb, depth, K, sampling.SamplerConfig(samples=3, seed=5))
+    pt = sampling.sample_hypotheses(tiny, rgb, depth, K, sampling.SamplerConfig(method="tta", samples=3, seed=5))
     for (ma, sa), (mb, sb) in zip(ort, pt, strict=True):
         assert ma.shape == mb.shape
         assert (ma != mb).reshape(len(ma), -1).sum(1).max(initial=0) <= 3  # float rounding at the threshold
