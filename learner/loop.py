@@ -188,7 +188,7 @@ class InteractiveLoop:
                 masks, scores = propose(self.trainer.model, before.rgb, before.depth, before.K,
                                         max_hypotheses=self.agent.cfg.max_hypotheses,
                                         objectness_threshold=self.agent.cfg.objectness_threshold)
-        action, chosen, _ = self.agent.choose(before, masks, scores)
+        action, chosen, _ = self.agent.choose(before, masks, scores, confidence_fn=self._confidence_fn())
         outcome = self.robot.send_action(action)
         after = self.robot.get_observation()
         rec = build_record(before, after, action, outcome, hypotheses=masks, hypothesis_scores=scores,
@@ -206,6 +206,16 @@ class InteractiveLoop:
             u, v = (int(round(x)) for x in action.pixel)
             row["hit_object_gt"] = bool(gt["instance_label_before"][v, u] > 0)
         return row
+
+    def _confidence_fn(self):
+        """p-confidence masks for grasp targets (Latent-MaskRCNN), when `agent.grasp_confidence_p` is set."""
+        cfg = self.agent.cfg
+        if cfg.grasp_confidence_p is None or self.trainer.model_version == 0:
+            return None
+        from learner.sampling import SamplerConfig, make_confidence_fn
+
+        return make_confidence_fn(lambda: self.trainer.model, SamplerConfig(samples=cfg.grasp_confidence_samples),
+                                  max_hypotheses=cfg.max_hypotheses, objectness_threshold=cfg.objectness_threshold)
 
     # ---------------------------------------------------------------- main
     def _on_sigint(self, signum, frame) -> None:

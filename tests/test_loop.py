@@ -55,8 +55,11 @@ def test_smoke_run_then_resume(tmp_path):
     assert {"interaction", "train", "eval", "baseline"} <= kinds
     assert interaction_indices(run) == list(range(14))
 
-    # same command, same run directory, a larger target: continues where it stopped
-    r = run_loop(run, "loop.interactions=20", "loop.update_interval=10", "loop.train_steps=2")
+    # same command, same run directory, a larger target: continues where it stopped (grasping
+    # p-confidence masks of the trained model this time: exercises the agent's sampling hook)
+    r = run_loop(run, "loop.interactions=20", "loop.update_interval=10", "loop.train_steps=2",
+                 "agent.primitive=grasp", "agent.exploration=0", "agent.grasp_confidence_p=0.5",
+                 "agent.grasp_confidence_samples=2")
     assert r.returncode == 0, r.stderr[-3000:]
     with InteractionLog.open(run / "interactions.zarr", "r") as log:
         assert len(log) == 20
