@@ -43,6 +43,21 @@ def test_log_source_reads_committed_records(tiny_log):
     assert len(src.bank) >= 2
 
 
+def test_log_source_propagates_masks_within_a_scene(tiny_log):
+    from data.label_propagation import PropagationConfig
+
+    plain, prop = LogSource(tiny_log), LogSource(tiny_log, propagation=PropagationConfig())
+    assert plain.n_known_masks == len(plain.positives)
+    # 12 interactions on one sparse table: resting objects' masks carry over to other frames
+    assert prop.n_known_masks > plain.n_known_masks
+    rng = np.random.default_rng(0)
+    for i in range(len(prop)):
+        assert (i in prop.known[i]) == (prop.mask[i] is not None)
+        img = prop.interaction_image(i, rng, points_per_mask=2)
+        assert len(img.masks) == len(prop.known[i]) == len(img.points)
+        assert (len(img.negatives) == 1) == (prop.mask[i] is None)
+
+
 @pytest.mark.parametrize("loss", ["robust", "bce_dice"])
 def test_a_few_steps_lower_the_loss(tiny_log, loss):
     cfg = TrainConfig(steps=20, batch_size=3, lr=3e-3, loss=loss, max_queries=24, warmup_steps=2, seed=1)
