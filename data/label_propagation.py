@@ -88,15 +88,13 @@ def propagate_masks(rgb: Sequence[np.ndarray], depth: Sequence[np.ndarray], pose
         kept: list[int] = [t] if masks[t] is not None else []
         cands = sorted((s for s in range(max(0, t - cfg.window), min(n, t + cfg.window + 1))
                         if s != t and masks[s] is not None), key=lambda s: abs(s - t))
-        scale = None
         for s in cands:
             if len(kept) >= cfg.max_masks:
                 break
             if not same_view(poses[t], poses[s], cfg.pose_tol):
                 continue
-            if scale is None or scale[0] != s:
-                scale = (s, depth_scale(depth[s], depth[t]))
-            if not mask_unchanged(masks[s], rgb[s], depth[s], rgb[t], depth[t], cfg, scale[1]):
+            scale = depth_scale(depth[s], depth[t])
+            if not mask_unchanged(masks[s], rgb[s], depth[s], rgb[t], depth[t], cfg, scale):
                 continue
             if any(_iou(masks[s], masks[k]) > cfg.max_duplicate_iou for k in kept):
                 continue

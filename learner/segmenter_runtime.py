@@ -342,7 +342,7 @@ def resize_rgbd(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, size_hw: tupl
 
 def make_input(
     rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, mean: np.ndarray, std: np.ndarray, xyz_scale: float,
-    height: tuple[float, float, float] = (0.05, -0.1, 0.3),
+    height: tuple[float, float, float],
 ) -> np.ndarray:
     """(1,8,H,W) float32: normalised RGB, median-centred scaled XYZ, valid flag, height above the
     dominant plane (height = (scale_m, min_m, max_m) from the card; learner/table_plane.py)."""
