@@ -142,7 +142,8 @@ def _default_proposal_params() -> dict[str, Any]:
 
     sp = inspect.signature(propose).parameters
     so = inspect.signature(propose_from_output).parameters
-    p = {k: sp[k].default for k in ("max_hypotheses", "objectness_threshold", "nms_iou", "mask_threshold")}
+    p = {k: sp[k].default for k in ("max_hypotheses", "objectness_threshold", "nms_iou", "mask_threshold",
+                                    "table_gate_m", "largest_component", "score")}
     p["min_area"] = so["min_area"].default
     p["max_seeds"] = so["max_seeds"].default
     return p
@@ -156,6 +157,10 @@ def _check_proposal_params(pp: dict[str, Any]) -> None:
         raise DeployError("max_hypotheses must be >= 1 and min_area >= 0")
     if pp["max_seeds"] is not None and int(pp["max_seeds"]) < 1:
         raise DeployError(f"max_seeds must be >= 1, got {pp['max_seeds']}")
+    if pp["table_gate_m"] is not None and not 0.0 <= float(pp["table_gate_m"]) <= 0.1:
+        raise DeployError(f"table_gate_m must be null or in [0, 0.1] metres, got {pp['table_gate_m']}")
+    if pp["score"] not in ("mask", "objectness_x_mask"):
+        raise DeployError(f"score must be 'mask' or 'objectness_x_mask', got {pp['score']!r}")
 
 
 def _synthetic_frame(H: int, W: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -398,10 +403,14 @@ def export(
         },
         "proposals": {
             **{k: pp[k] for k in ("max_hypotheses", "max_seeds", "objectness_threshold", "nms_iou",
-                                  "mask_threshold", "min_area")},
+                                  "mask_threshold", "min_area", "table_gate_m", "largest_component", "score")},
             "max_seeds_default": "null = 3 x max_hypotheses",
             "seed_nms_kernel": 3,
-            "score": "mean objectness probability in the mask x mean mask probability in the mask",
+            "table_gate": "pixels with depth whose height above the fitted plane is <= table_gate_m metres are "
+            "removed from every mask (null: off); then only the largest 4-connected component is kept if "
+            "largest_component",
+            "score_description": "mask: mean mask probability in the mask; objectness_x_mask: that times the "
+            "mean objectness probability in the mask",
         },
         "mc_dropout": mc_info,
         "model": {

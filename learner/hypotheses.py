@@ -3,9 +3,13 @@
 1. seeds: local maxima of the objectness logits (3x3 max-pool NMS) above the threshold, the
    `max_seeds` strongest per image;
 2. every seed is decoded into a mask in one batch (mask = sigmoid(logit) > mask_threshold);
-3. score = mean objectness probability inside the mask x mean mask probability inside the mask
-   (both in [0,1]: "how object-like is the region" x "how confident is the decoder about it");
-4. greedy mask-IoU NMS, sorted by score, at most `max_hypotheses`.
+3. clean-up (`learner.mask_cleaning`): pixels on the table plane (height <= `table_gate_m`, read
+   from the input's height channel) are removed, and only the largest 4-connected component is kept;
+4. score (`score="mask"`, the default) = mean mask probability inside the cleaned mask: how sure the
+   decoder is about the region. `score="objectness_x_mask"` (the first exports) multiplies it by
+   the mean objectness probability; on val the plain mask confidence ranked masks better
+   (docs/benchmarks.md, "Proposal post-processing");
+5. greedy mask-IoU NMS, sorted by score, at most `max_hypotheses`.
 
 `propose_from_output` works on a forward() output (torch in, torch out) and is what the trainer and
 the deploy code share; `propose` wraps preprocessing + forward for one numpy/torch RGB-D frame.
@@ -19,8 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .mask_cleaning import TABLE_GATE_M, clean_mask, table_pixels
 from .model import PointSegmenter, SegmenterConfig, decode_masks, grid_centres
-from .preprocess import make_input, resize_rgbd
+from .preprocess import HEIGHT_SCALE_M, make_input, resize_rgbd
+
+SCORES = ("mask", "objectness_x_mask")
 
 
 @dataclass
@@ -99,8 +106,20 @@ def propose_from_output(
     mask_threshold: float = 0.5,
     max_seeds: int | None = None,
     min_area: int = 16,
+    inputs: torch.Tensor | None = None,
+    table_gate_m: float | None = TABLE_GATE_M,
+    largest_component: bool = True,
+    score: str = "mask",
 ) -> list[Hypotheses]:
-    """Proposals for every image of a forward() output (masks at image_size = network input size)."""
+    """Proposals for every image of a forward() output (masks at image_size = network input size).
+
+    inputs: the (B,8,H,W) network input the output came from; its valid-depth and plane-height
+    channels drive the table gate (no gate without it). table_gate_m: metres above the plane still
+    counted as table (None: off). largest_component: keep each mask's largest 4-connected part.
+    score: "mask" or "objectness_x_mask" (see the module docstring).
+    """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     cfg = model_or_config.config if isinstance(model_or_config, PointSegmenter) else model_or_config
     obj = out["objectness"]
     B, _, h, w = obj.shape
@@ -124,11 +143,18 @@ def propose_from_output(
             continue
         prob = torch.sigmoid(decode_masks(out, b[sel], p_i, cfg, upsample=True, image_size=(H, W)))
         masks = prob > mask_threshold
+        table = None
+        if inputs is not None and table_gate_m is not None and inputs.shape[-2:] == (H, W):
+            xi = inputs[i].detach().cpu().numpy()
+            table = table_pixels(xi[7] * HEIGHT_SCALE_M, xi[6] > 0.5, table_gate_m)
+        if table is not None or largest_component:
+            mn = masks.cpu().numpy()
+            masks = torch.from_numpy(np.stack([clean_mask(m, table, largest_component) for m in mn])).to(masks.device)
         area = masks.sum(dim=(1, 2)).float()
         mf = masks.float()
-        mean_obj = (mf * obj_up[i]).sum(dim=(1, 2)) / area.clamp(min=1)
-        mean_conf = (mf * prob).sum(dim=(1, 2)) / area.clamp(min=1)
-        scores = mean_obj * mean_conf
+        scores = (mf * prob).sum(dim=(1, 2)) / area.clamp(min=1)
+        if score == "objectness_x_mask":
+            scores = scores * (mf * obj_up[i]).sum(dim=(1, 2)) / area.clamp(min=1)
         ok = area >= max(min_area, 1)
         masks, scores, p_i = masks[ok], scores[ok], p_i[ok]
         keep = mask_nms(masks, scores, nms_iou)[:max_hypotheses]
@@ -148,6 +174,9 @@ def propose(
     mask_threshold: float = 0.5,
     net_size: tuple[int, int] | None = None,
     return_points: bool = False,
+    table_gate_m: float | None = TABLE_GATE_M,
+    largest_component: bool = True,
+    score: str = "mask",
 ):
     """Hypotheses for ONE RGB-D frame (rgb (H,W,3) uint8, depth (H,W) metres, K (3,3)).
 
@@ -174,6 +203,10 @@ def propose(
         objectness_threshold=objectness_threshold,
         nms_iou=nms_iou,
         mask_threshold=mask_threshold,
+        inputs=x,
+        table_gate_m=table_gate_m,
+        largest_component=largest_component,
+        score=score,
     )[0]
     masks, scores, pts = hyp.masks, hyp.scores, hyp.points
     if tuple(x.shape[-2:]) != (H, W):

@@ -24,7 +24,10 @@ network, `learner.hypotheses.propose_from_output`, the final nearest-exact resiz
 - masks: the dynamic MLP on [F(x), (x - p)/coord_scale] at stride 4, logits upsampled bilinearly to
   the model input size, sigmoid > mask_threshold; only the crop that can exceed the threshold is
   upsampled (exact: a bilinear value is a convex combination of its 4 source cells);
-- score = mean objectness probability x mean mask probability inside the mask; masks smaller than
+- clean-up (learner/mask_cleaning.py, the same code as the torch path): pixels with depth within
+  table_gate_m of the plane are removed, then the largest 4-connected component is kept;
+- score = mean mask probability inside the mask ("mask"), or that times the mean objectness
+  probability ("objectness_x_mask", what cards without a "score" key used); masks smaller than
   min_area dropped; greedy mask-IoU NMS; at most max_hypotheses;
 - masks resized to the input resolution with nearest-exact.
 
@@ -54,6 +57,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from learner.mask_cleaning import clean_mask, table_pixels
 from learner.mask_sets import ConfidenceConfig, MaskSet, confidence_masks, union_nms
 from learner.table_plane import height_above_plane
 from learner.tta import TTAConfig, make_transforms, sample_with_transforms
@@ -652,13 +656,19 @@ def propose_from_heads(
     max_seeds: int | None = None,
     min_area: int = 16,
     output_size: tuple[int, int] | None = None,
+    table: np.ndarray | None = None,
+    largest_component: bool = True,
+    score: str = "mask",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Proposals for one image from the network heads ((1,)1,h,w / (1,)D,h,w / (1,)Kp,h,w).
 
     image_size: the network input size (H,W). Same algorithm as hypotheses.propose_from_output;
     masks are returned at output_size (default image_size; nearest-exact resize like
-    hypotheses.propose). Returns masks (N,H',W') bool, scores (N,) float32, seed points (N,2) in
-    network-input pixels, and the number of seeds."""
+    hypotheses.propose). table: (H,W) bool table pixels at the network input size
+    (`mask_cleaning.table_pixels`), removed from every mask; None = no gate. Returns masks (N,H',W')
+    bool, scores (N,) float32, seed points (N,2) in network-input pixels, and the number of seeds."""
+    if score not in ("mask", "objectness_x_mask"):
+        raise ValueError(f"score must be 'mask' or 'objectness_x_mask', got {score!r}")
     obj = np.asarray(objectness, np.float32).reshape(objectness.shape[-2:])
     feats = np.asarray(features, np.float32).reshape(features.shape[-3:])
     kern = np.asarray(kernels, np.float32).reshape(kernels.shape[-3:])
@@ -694,13 +704,16 @@ def propose_from_heads(
             continue
         prob = _sigmoid(up.crop(logits[p], ya, yb, xa, xb))
         m = prob > mthr
+        if table is not None or largest_component:  # the crop holds the whole mask: same components
+            m = clean_mask(m, None if table is None else table[ya:yb, xa:xb], largest_component)
         area = int(np.count_nonzero(m))
         if area < need:
             continue
-        mean_conf = np.float32(np.sum(prob, where=m, dtype=np.float32)) / np.float32(area)
-        mean_obj = np.float32(np.sum(obj_up[ya:yb, xa:xb], where=m, dtype=np.float32)) / np.float32(area)
+        sc = np.float32(np.sum(prob, where=m, dtype=np.float32)) / np.float32(area)
+        if score == "objectness_x_mask":
+            sc = np.float32(np.sum(obj_up[ya:yb, xa:xb], where=m, dtype=np.float32)) / np.float32(area) * sc
         crops.append(_Crop(ya, xa, m, area))
-        scores.append(float(np.float32(mean_obj * mean_conf)))
+        scores.append(float(np.float32(sc)))
         seeds.append(pts[p])
     n_seed = int(pts.shape[0])
     if not crops:
@@ -729,7 +742,10 @@ def interior_points(masks: np.ndarray) -> np.ndarray:
 # The runtime
 # ----------------------------------------------------------------------------------------------
 
-_PROPOSAL_KEYS = ("max_hypotheses", "objectness_threshold", "nms_iou", "mask_threshold", "max_seeds", "min_area")
+_PROPOSAL_KEYS = ("max_hypotheses", "objectness_threshold", "nms_iou", "mask_threshold", "max_seeds", "min_area",
+                  "table_gate_m", "largest_component", "score")
+# what a card without the clean-up keys did (exports before the mask clean-up existed)
+_LEGACY_PROPOSALS = {"table_gate_m": None, "largest_component": False, "score": "objectness_x_mask"}
 
 
 def _read_card(onnx_path: Path, card_path: Path | None) -> dict[str, Any]:
@@ -799,7 +815,11 @@ class Segmenter:
         self.embed_dim = int(head["embed_dim"])
         self.dyn_hidden = int(head["dyn_hidden"])
         self.coord_scale = float(head["coord_scale"])
-        self.proposal_params: dict[str, Any] = {k: v for k, v in _card_get(card, "proposals").items() if k in _PROPOSAL_KEYS}
+        card_pp = dict(_card_get(card, "proposals"))
+        if card_pp.get("score") not in ("mask", "objectness_x_mask"):  # older cards: a description string
+            card_pp["score"] = _LEGACY_PROPOSALS["score"]
+        self.proposal_params: dict[str, Any] = {**_LEGACY_PROPOSALS,
+                                                **{k: v for k, v in card_pp.items() if k in _PROPOSAL_KEYS}}
         self.model_version = card.get("model", {}).get("version")
 
     @classmethod
@@ -856,14 +876,18 @@ class Segmenter:
             self._mc_session = _session(self.mc_path, o.get("threads", 2), o.get("allow_spinning", False))
         return self._mc_session
 
-    def _instances(self, out: dict[str, np.ndarray], rgb: np.ndarray, depth_m: np.ndarray, Km: np.ndarray,
-                   params: dict[str, Any]) -> Instances:
+    def _instances(self, x: np.ndarray, out: dict[str, np.ndarray], rgb: np.ndarray, depth_m: np.ndarray,
+                   Km: np.ndarray, params: dict[str, Any]) -> Instances:
+        """Proposals from the heads `out` of network input x (its valid and height channels give the
+        table gate)."""
         pp = {**self.proposal_params, **params}
         Hn, Wn = self.input_size
         H, W = rgb.shape[:2]
+        gate = pp.pop("table_gate_m")
+        table = table_pixels(x[0, 7] * self.height[0], x[0, 6] > 0.5, None if gate is None else float(gate))
         masks, scores, pts, n_seeds = propose_from_heads(
             out["objectness"], out["features"], out["kernels"], (Hn, Wn), self.dyn_hidden, self.coord_scale,
-            output_size=(H, W), **pp,
+            output_size=(H, W), table=table, **pp,
         )
         if (H, W) != (Hn, Wn):
             pts = pts.copy()
@@ -883,7 +907,7 @@ class Segmenter:
         if bad:
             raise TypeError(f"unknown proposal parameters {sorted(bad)}; expected some of {_PROPOSAL_KEYS}")
         x, rgb, depth_m, Km = self.prepare(rgb, depth, K)
-        return self._instances(self.run_network(x), rgb, depth_m, Km, params)
+        return self._instances(x, self.run_network(x), rgb, depth_m, Km, params)
 
     __call__ = predict
 
@@ -921,7 +945,7 @@ class Segmenter:
                 else:
                     keep = rng.random(shape) >= dropout_rate
                     heads = self.run_network(x, (keep / np.float32(1.0 - dropout_rate)).astype(np.float32))
-                inst = self._instances(heads, rgb_v, depth_m, Km, params)
+                inst = self._instances(x, heads, rgb_v, depth_m, Km, params)
                 out.append((inst.masks, inst.scores))
             return out
         rgb, depth_m, Km = check_inputs(rgb, depth, K)
