@@ -6,6 +6,9 @@ CKPT_OR_RUN_DIR: a trainer checkpoint (`checkpoints/last.pt`), a deployable mode
 (`model/segmenter.pt`) or a run directory (its deployable model is used). Writes PREFIX.json and
 PREFIX.md with COCO mask AP/AP50/AP75/AP30/AR100, UOIS overlap/boundary P/R/F, the share of objects
 with F >= 0.75, the double-pick rate and the pickable-area fraction (learner/eval_harness.py).
+
+Proposal clean-up ablations (learner/hypotheses.py): `--table-gate -1` (no table gate),
+`--no-largest-component`, `--score objectness_x_mask` (the first exports' score).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from pathlib import Path
 import torch
 
 from learner.eval_harness import add_eval_args, run_eval_cli
-from learner.hypotheses import propose
+from learner.hypotheses import SCORES, propose
+from learner.mask_cleaning import TABLE_GATE_M
 from learner.model import PointSegmenter, SegmenterConfig, build_model
 
 
@@ -48,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="checkpoint file or run directory")
     ap.add_argument("--name", default=None, help="method name in the report (default: from the checkpoint)")
+    ap.add_argument("--table-gate", type=float, default=TABLE_GATE_M,
+                    help="metres above the fitted table plane still counted as table and cut from masks "
+                         "(negative: off)")
+    ap.add_argument("--no-largest-component", action="store_true", help="keep every component of a mask")
+    ap.add_argument("--score", default="mask", choices=list(SCORES), help="proposal score")
     add_eval_args(ap)
     a = ap.parse_args(argv)
     try:
@@ -56,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     torch.set_num_threads(2)
+    gate = None if a.table_gate < 0 else a.table_gate
 
     def predict(rgb, depth, K):
         with torch.no_grad():
-            return propose(model, rgb, depth, K)
+            return propose(model, rgb, depth, K, table_gate_m=gate, largest_component=not a.no_largest_component,
+                           score=a.score)
 
     name = a.name or ("oracle (supervised on sim GT)" if ckpt.get("oracle") else "self-supervised")
     run_eval_cli(predict, name.replace(" ", "_").replace("(", "").replace(")", ""), a)

@@ -123,12 +123,22 @@ class LogSource:
     def interaction_image(self, i: int, rng: np.random.Generator, points_per_mask: int) -> TrainImage:
         img = TrainImage(self.rgb[i], self.depth[i], self.K[i], table=self._table(i))
         u, v = (float(x) for x in self.pixel[i])
-        if self.mask[i] is None:
+        if self.mask[i] is None and not self.negative_on_known_object(i):
             img.negatives = np.array([[u, v]], np.float32)
         for s in self.known[i]:
             img.masks.append(self.mask[s])
             img.points.append(sample_points_in(self.mask[s], points_per_mask, rng, first=(u, v) if s == i else None))
         return img
+
+    def negative_on_known_object(self, i: int) -> bool:
+        """True if record i moved nothing but its pixel lies inside a mask known for its frame (one
+        propagated from another interaction): the robot touched an object that did not move (a failed
+        grasp, a heavy object), so "nothing moved" must not teach "no object here"."""
+        H, W = self.depth[i].shape
+        u, v = (int(round(float(x))) for x in self.pixel[i])
+        if not (0 <= u < W and 0 <= v < H):
+            return False
+        return any(bool(self.mask[s][v, u]) for s in self.known[i])
 
     @property
     def n_known_masks(self) -> int:

@@ -55,7 +55,23 @@ def test_log_source_propagates_masks_within_a_scene(tiny_log):
         assert (i in prop.known[i]) == (prop.mask[i] is not None)
         img = prop.interaction_image(i, rng, points_per_mask=2)
         assert len(img.masks) == len(prop.known[i]) == len(img.points)
-        assert (len(img.negatives) == 1) == (prop.mask[i] is None)
+        assert (len(img.negatives) == 1) == (prop.mask[i] is None and not prop.negative_on_known_object(i))
+
+
+def test_nothing_moved_on_a_known_object_is_not_a_negative(tiny_log):
+    """A failed grasp on an object whose mask is known in that frame must not teach 'no object here'."""
+    src = LogSource(tiny_log)
+    i, s = src.positives[:2]
+    src.mask[i], src.known[i] = None, []  # record i becomes a "nothing moved" record
+    rng = np.random.default_rng(0)
+    assert len(src.interaction_image(i, rng, 2).negatives) == 1
+    vs, us = np.nonzero(src.mask[s])
+    src.known[i] = [s]  # as if propagation had carried record s's mask into frame i
+    src.pixel[i] = np.array([us[0], vs[0]], np.float32)  # ... and the robot touched that object
+    img = src.interaction_image(i, rng, 2)
+    assert len(img.negatives) == 0 and len(img.masks) == 1
+    src.pixel[i] = np.array([0, 0], np.float32) if not src.mask[s][0, 0] else np.array([319, 239], np.float32)
+    assert len(src.interaction_image(i, rng, 2).negatives) == 1
 
 
 @pytest.mark.parametrize("loss", ["robust", "bce_dice"])
