@@ -8,7 +8,8 @@ PREFIX.md with COCO mask AP/AP50/AP75/AP30/AR100, UOIS overlap/boundary P/R/F, t
 with F >= 0.75, the double-pick rate and the pickable-area fraction (learner/eval_harness.py).
 
 Proposal clean-up ablations (learner/hypotheses.py): `--table-gate -1` (no table gate),
-`--no-largest-component`, `--score objectness_x_mask` (the first exports' score).
+`--no-largest-component`, `--score objectness_x_mask` (the first exports' score),
+`--objectness-threshold 0.5` (the first exports' seed threshold).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from learner.eval_harness import add_eval_args, run_eval_cli
-from learner.hypotheses import SCORES, propose
+from learner.hypotheses import OBJECTNESS_THRESHOLD, SCORES, propose
 from learner.mask_cleaning import TABLE_GATE_M
 from learner.model import PointSegmenter, SegmenterConfig, build_model
 
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(negative: off)")
     ap.add_argument("--no-largest-component", action="store_true", help="keep every component of a mask")
     ap.add_argument("--score", default="mask", choices=list(SCORES), help="proposal score")
+    ap.add_argument("--objectness-threshold", type=float, default=OBJECTNESS_THRESHOLD,
+                    help="seed threshold on the objectness probability")
     add_eval_args(ap)
     a = ap.parse_args(argv)
     try:
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     def predict(rgb, depth, K):
         with torch.no_grad():
             return propose(model, rgb, depth, K, table_gate_m=gate, largest_component=not a.no_largest_component,
-                           score=a.score)
+                           score=a.score, objectness_threshold=a.objectness_threshold)
 
     name = a.name or ("oracle (supervised on sim GT)" if ckpt.get("oracle") else "self-supervised")
     run_eval_cli(predict, name.replace(" ", "_").replace("(", "").replace(")", ""), a)

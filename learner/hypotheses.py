@@ -1,7 +1,7 @@
 """Whole-image, class-agnostic object hypotheses from a PointSegmenter.
 
-1. seeds: local maxima of the objectness logits (3x3 max-pool NMS) above the threshold, the
-   `max_seeds` strongest per image;
+1. seeds: local maxima of the objectness logits (3x3 max-pool NMS) above the threshold
+   (`OBJECTNESS_THRESHOLD`), the `max_seeds` strongest per image;
 2. every seed is decoded into a mask in one batch (mask = sigmoid(logit) > mask_threshold);
 3. clean-up (`learner.mask_cleaning`): pixels on the table plane (height <= `table_gate_m`, read
    from the input's height channel) are removed, and only the largest 4-connected component is kept;
@@ -28,6 +28,11 @@ from .model import PointSegmenter, SegmenterConfig, decode_masks, grid_centres
 from .preprocess import HEIGHT_SCALE_M, make_input, resize_rgbd
 
 SCORES = ("mask", "objectness_x_mask")
+# Seed threshold on the objectness probability. Low on purpose: a seed costs one decoded mask, the
+# table gate and the mask score reject the junk, and models trained on sparse labels are timid in
+# objectness on small objects (val: 0.5 -> 0.1 raised AP50 by 0.04-0.08 on 2000-interaction models,
+# docs/benchmarks.md "Proposal post-processing").
+OBJECTNESS_THRESHOLD = 0.1
 
 
 @dataclass
@@ -101,7 +106,7 @@ def propose_from_output(
     out: dict[str, torch.Tensor],
     image_size: tuple[int, int] | None = None,
     max_hypotheses: int = 20,
-    objectness_threshold: float = 0.5,
+    objectness_threshold: float = OBJECTNESS_THRESHOLD,
     nms_iou: float = 0.5,
     mask_threshold: float = 0.5,
     max_seeds: int | None = None,
@@ -169,7 +174,7 @@ def propose(
     depth: np.ndarray | torch.Tensor,
     K: np.ndarray | torch.Tensor,
     max_hypotheses: int = 20,
-    objectness_threshold: float = 0.5,
+    objectness_threshold: float = OBJECTNESS_THRESHOLD,
     nms_iou: float = 0.5,
     mask_threshold: float = 0.5,
     net_size: tuple[int, int] | None = None,

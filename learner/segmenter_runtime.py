@@ -650,7 +650,7 @@ def propose_from_heads(
     dyn_hidden: int,
     coord_scale: float,
     max_hypotheses: int = 20,
-    objectness_threshold: float = 0.5,
+    objectness_threshold: float = 0.1,  # hypotheses.OBJECTNESS_THRESHOLD (the card carries the value)
     nms_iou: float = 0.5,
     mask_threshold: float = 0.5,
     max_seeds: int | None = None,
