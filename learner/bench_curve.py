@@ -1,16 +1,19 @@
 """Learning-curve benchmark: held-out quality against the number of robot interactions.
 
     python -m learner.bench_curve --out runs/curve [--interactions 500,1000,2000] [--steps 1500]
-                                  [--test-scenes 100] [--variants ours,no_robust,no_pseudo,oracle]
+                                  [--test-scenes 100] [--variants ours,robust_loss,no_pseudo,oracle]
 
 1. Exports `--test-scenes` held-out scenes of the TEST split (objects never used in training).
 2. Records one interaction log in the sim twin with the cold-start agent (targets from the robot's
    own depth prior; resumable: an existing log is extended). All self-supervised variants train on
    the same first N records, so the comparison is controlled.
-3. For every N and variant, trains a fresh model for `--steps` optimiser steps and evaluates it:
-   - `ours`: robust set loss + RISE pseudo-sequences (+ association);
-   - `no_robust`: plain BCE + Dice on the noisy masks (ablation);
-   - `no_pseudo`: no pseudo-sequences (ablation);
+3. For every N and variant, trains a fresh model for `--steps` optimiser steps, saves it to
+   OUT/models/VARIANT_N.pt and evaluates it:
+   - `ours`: the default TrainConfig: BCE + Dice on the interaction masks (after label propagation)
+     + RISE pseudo-sequences (+ association);
+   - `robust_loss`: ours with Pathak's robust set loss (tau = TrainConfig.tau) instead;
+   - `no_robust`: ours with BCE + Dice (the same as `ours` while that is the default loss);
+   - `no_pseudo`: ours without pseudo-sequences;
    - `no_propagation`: each frame keeps only its own interaction's mask (ablation of
      data/label_propagation.py);
    - `oracle`: the SAME model trained on simulator ground-truth masks of N exported TRAIN-split scenes
@@ -45,7 +48,8 @@ from learner.train import TrainConfig, Trainer, log_source
 from learner.train_data import SceneSource
 from robot.sim_robot import SimRobot, SimRobotConfig
 
-VARIANTS = ("ours", "no_robust", "no_pseudo", "no_propagation", "oracle")
+VARIANTS = ("ours", "robust_loss", "no_robust", "no_pseudo", "no_propagation", "oracle")
+DEFAULT_VARIANTS = ("ours", "robust_loss", "no_pseudo", "oracle")
 KEYS = ("AP50", "AP", "AP30", "overlap_F", "boundary_F")
 
 
@@ -71,8 +75,11 @@ def collect(log_path: Path, n: int, seed: int, clutter: str = "cluttered", per_s
 
 
 def variant_config(name: str, steps: int, seed: int, threads: int = 2) -> TrainConfig:
+    """TrainConfig of a variant: `ours` and `oracle` are the defaults, the others change one thing."""
     cfg = TrainConfig(steps=steps, seed=seed, num_threads=threads)
-    if name == "no_robust":
+    if name == "robust_loss":
+        cfg.loss = "robust"
+    elif name == "no_robust":
         cfg.loss = "bce_dice"
     elif name == "no_pseudo":
         cfg.pseudo_sequences = False
@@ -120,6 +127,7 @@ def run(out: Path, ns: list[int], steps: int, n_test: int, variants: list[str], 
             else:
                 source = log_source(log_path, trainer.cfg, limit=n)
             trainer.train(source, progress=True)
+            trainer.save(out / "models" / f"{name}_{n}.pt")  # for later benchmarks (learner.evaluate, bench_confidence)
             row = {"variant": name, "interactions": n, "train_s": time.perf_counter() - t0,
                    **evaluate_model(trainer.model, test_dir)}
             rows.append(row)
@@ -167,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interactions", default="500,1000,2000")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--test-scenes", type=int, default=100)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"some of {','.join(VARIANTS)}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-scene", type=int, default=20, help="interactions before the sim table is re-spawned")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per training (1 when runs share the CPU)")

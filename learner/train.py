@@ -4,9 +4,10 @@
     python -m learner.train --oracle-scenes SCENES_DIR --out CKPT_DIR   # supervised ORACLE baseline
 
 Self-supervised training (the method): every batch mixes
-- interaction images: the logged before frame with its (pixel, noisy mask) — robust set loss
-  (Pathak et al.; `loss="bce_dice"` is the ablation) on masks decoded at the interaction pixel and at
-  a few more pixels inside the mask — or its (pixel, nothing moved) negative;
+- interaction images: the logged before frame with its (pixel, noisy mask) and the masks propagated
+  into it from other frames of the same table — BCE + Dice (`loss="bce_dice"`, the default chosen
+  on val) or Pathak et al.'s robust set loss (`loss="robust"`, `tau`) on masks decoded at the
+  interaction pixel and at a few more pixels inside each mask — or its (pixel, nothing moved) negative;
 - RISE pseudo-sequences: cut-outs of good interaction masks pasted into logged frames (x1) and
   re-arranged (x2), supervised per pasted instance, plus the association loss between the instance
   embeddings of x1 and x2 (weight `association_weight`, RISE's lambda_3 = 0.05);
@@ -61,8 +62,10 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 20
-    loss: str = "robust"  # "robust" (robust set loss) or "bce_dice" (plain, the ablation)
-    tau: float = 0.7  # IoU the robust target must reach with the noisy mask
+    # "bce_dice" (the default: chosen on val, docs/benchmarks.md "Loss on val") or "robust" (Pathak's
+    # robust set loss; with label-propagated masks of ~0.83 IoU it kept masks loose and lost AP50 and AP)
+    loss: str = "bce_dice"
+    tau: float = 0.7  # IoU the robust target must reach with the noisy mask (loss="robust")
     points_per_mask: int = 3
     pseudo_sequences: bool = True
     pseudo_fraction: float = 0.5  # share of each batch made of pseudo-sequence frames
@@ -343,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--time-budget", type=float, default=0.0, help="seconds (0 = none)")
     ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    ap.add_argument("--loss", default="robust", choices=["robust", "bce_dice"])
+    ap.add_argument("--loss", default=TrainConfig.loss, choices=["robust", "bce_dice"])
     ap.add_argument("--tau", type=float, default=TrainConfig.tau)
     ap.add_argument("--no-pseudo", action="store_true", help="ablation: no RISE pseudo-sequences")
     ap.add_argument("--no-table-prior", action="store_true")
