@@ -31,7 +31,7 @@ SCORES = ("mask", "objectness_x_mask")
 # Seed threshold on the objectness probability. Low on purpose: a seed costs one decoded mask, the
 # table gate and the mask score reject the junk, and models trained on sparse labels are timid in
 # objectness on small objects (val: 0.5 -> 0.1 raised AP50 by 0.04-0.08 on 2000-interaction models,
-# docs/benchmarks.md "Proposal post-processing").
+# docs/benchmarks.md "Loss on val").
 OBJECTNESS_THRESHOLD = 0.1
 
 
