@@ -335,10 +335,10 @@ def format_markdown(res: dict[str, Any]) -> str:
             f"{rel(r['pickable_area_fraction'], ref['pickable_area_fraction'])} |")
     g = res.get("goal")
     if g:
-        lines += ["", f"Goal (p = {cfg['goal_p']}, {g['sampler']}): double-pick rate <= 0.5x single "
-                  f"(got {g['dp_ratio']:.2f}x; area-weighted {g['dp_ratio_area_weighted']:.2f}x) with >= 0.8x its "
-                  f"pickable area (got {g['area_ratio']:.2f}x): **{'met' if g['met'] else 'not met'}** "
-                  f"(area-weighted: **{'met' if g['met_area_weighted'] else 'not met'}**)."]
+        lines += ["", f"Goal (p = {cfg['goal_p']}, {g['sampler']}): double-pick rate (the paper's: disks uniform on "
+                  f"the image, i.e. area-weighted) <= 0.5x single (got {g['dp_ratio_area_weighted']:.2f}x) with "
+                  f">= 0.8x its pickable area (got {g['area_ratio']:.2f}x): **{'met' if g['met'] else 'not met'}** "
+                  f"(pooled like eval_harness, {g['dp_ratio']:.2f}x: **{'met' if g['met_pooled'] else 'not met'}**)."]
     lines += ["", "Sampler diversity (mean over scenes; see learner.mask_sets.sample_diversity):", "",
               "| sampler | boundary diversity (1 - IoU of matched masks) | unmatched masks | distinct segmentations "
               "| pixel agreement | masks/sample |", "|---|---|---|---|---|---|"]
@@ -426,7 +426,8 @@ def goal_check(res: dict[str, Any], sampler: str = "mc_dropout") -> dict[str, An
     dp, dpw = ratio("double_pick_rate"), ratio("double_pick_rate_area_weighted")
     ar = c["pickable_area_fraction"] / ref["pickable_area_fraction"] if ref["pickable_area_fraction"] else 0.0
     return {"sampler": sampler, "dp_ratio": dp, "dp_ratio_area_weighted": dpw, "area_ratio": ar,
-            "met": bool(dp <= 0.5 and ar >= 0.8), "met_area_weighted": bool(dpw <= 0.5 and ar >= 0.8)}
+            # the paper's rate (Sec. V-D) drops disks uniformly on the image: the area-weighted one
+            "met": bool(dpw <= 0.5 and ar >= 0.8), "met_pooled": bool(dp <= 0.5 and ar >= 0.8)}
 
 
 def _floats(s: str) -> tuple[float, ...]:
@@ -446,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ps", type=_floats, default=DEFAULT_PS)
     ap.add_argument("--goal-p", type=float, default=0.9)
     ap.add_argument("--dropout-rate", type=float, default=SamplerConfig.dropout_rate)
-    ap.add_argument("--samplers", default="mc_dropout,tta",
+    ap.add_argument("--samplers", default="tta,mc_dropout",
                     help="comma-separated: mc_dropout, tta; the first one is the headline (goal check, sim)")
     ap.add_argument("--compare-methods", action="store_true",
                     help="also the other p-confidence method (nested, monotone in p) as confidence-nested/...")

@@ -614,7 +614,7 @@ def _write_all(files: dict[Path, bytes]) -> None:
 
 def predict_frame(
     seg: Segmenter, stem: str, rgb_path: Path, depth_path: Path, intr_path: Path, out_dir: Path,
-    mode: str = "mean", p: float = 0.9, samples: int = 10, seed: int = 0, sampler: str = "mc_dropout",
+    mode: str = "mean", p: float = 0.9, samples: int = 10, seed: int = 0, sampler: str = "tta",
     dropout_rate: float = DEFAULT_DROPOUT_RATE,
 ) -> dict[str, Any]:
     """Read, check, predict and write one frame's outputs (all or nothing); returns its JSON.
@@ -684,7 +684,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise DeployError(f"--p must lie in (0, 1], got {p}")
     if samples < 1:
         raise DeployError(f"--samples must be >= 1, got {samples}")
-    sampler = getattr(args, "sampler", "mc_dropout")
+    sampler = getattr(args, "sampler", SAMPLERS[0])
     rate = getattr(args, "dropout_rate", DEFAULT_DROPOUT_RATE)
     if not 0.0 <= rate < 1.0:
         raise DeployError(f"--dropout-rate must lie in [0, 1), got {rate}")
@@ -853,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
                         "union: Union-NMS (high recall). The last two run --samples sampled segmentations per frame")
     p.add_argument("--p", type=float, default=0.9, help="confidence requirement in (0, 1] (--mode confidence)")
     p.add_argument("--samples", type=int, default=10, help="samples per frame (--mode confidence/union)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="mc_dropout",
+    p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0],
                    help="mc_dropout: channel dropout on the head trunk (needs segmenter_mc.onnx, written by export); "
                         "tta: flips / zooms / shifts / noise of the frame")
     p.add_argument("--dropout-rate", type=float, default=DEFAULT_DROPOUT_RATE, help="MC-dropout channel drop rate")

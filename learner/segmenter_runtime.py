@@ -69,7 +69,7 @@ INPUT_NAME = "input"
 OUTPUT_NAMES = ("objectness", "features", "kernels")
 MC_ONNX_NAME = "segmenter_mc.onnx"  # the same network with a per-channel factor on the head trunk (MC dropout)
 MC_INPUT_NAME = "trunk_scale"
-SAMPLERS = ("mc_dropout", "tta")  # predict_samples / predict_distributional samplers, default first
+SAMPLERS = ("tta", "mc_dropout")  # predict_samples / predict_distributional samplers, default first
 DEFAULT_DROPOUT_RATE = 0.1
 
 # plausibility limits for the depth unit check
@@ -913,7 +913,7 @@ class Segmenter:
 
     # -------------------------------------------------------------------------------------
     def predict_samples(
-        self, rgb: Any, depth: Any, K: Any, samples: int = 10, seed: int = 0, sampler: str = "mc_dropout",
+        self, rgb: Any, depth: Any, K: Any, samples: int = 10, seed: int = 0, sampler: str = "tta",
         dropout_rate: float = DEFAULT_DROPOUT_RATE, tta: TTAConfig | None = None, **params: Any,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """k samples of hypotheses for one frame, masks in the frame's own pixels:
@@ -966,7 +966,7 @@ class Segmenter:
         p: float = 0.9,
         samples: int = 10,
         seed: int = 0,
-        sampler: str = "mc_dropout",
+        sampler: str = "tta",
         dropout_rate: float = DEFAULT_DROPOUT_RATE,
         tta: TTAConfig | None = None,
         min_score: float = 0.1,

@@ -191,9 +191,10 @@ def test_deploy_confidence_mode_runs_and_stays_inside_the_samples(exported, fram
     base = ["predict", "--model", str(exported), "--rgb", str(d / "f.png"), "--depth", str(d / "f_depth.png"),
             "--intrinsics", str(d / "K.json")]
     assert deploy.main([*base, "--out", str(tmp_path / "c"), "--mode", "confidence", "--p", "0.5",
-                        "--samples", "4", "--sampler", "tta"]) == 0
+                        "--samples", "4"]) == 0  # the default sampler: test-time augmentation
     rec = json.loads((tmp_path / "c" / "f.json").read_text())
     assert rec["distributional"]["mode"] == "confidence" and rec["distributional"]["required_agreement"] == 2
+    assert rec["distributional"]["sampler"] == "tta"
     lab = cv2.imread(str(tmp_path / "c" / "f_label.png"), cv2.IMREAD_UNCHANGED)
     assert lab.shape == (128, 160) and lab.max() >= 1 and len(rec["instances"]) == lab.max()
 
@@ -218,13 +219,13 @@ def test_deploy_confidence_mode_runs_and_stays_inside_the_samples(exported, fram
     u = seg.predict_distributional(rgb, depth_mm, K, mode="union", samples=4, sampler="tta")
     assert not (np.any([m.any(0) for m, _ in samples if len(m)], axis=0) & ~u.masks.any(0)).any()
 
-    # the default sampler (MC dropout through segmenter_mc.onnx) from the CLI
+    # the MC-dropout sampler (through segmenter_mc.onnx) from the CLI
     assert deploy.main([*base, "--out", str(tmp_path / "mc"), "--mode", "confidence", "--p", "0.5",
-                        "--samples", "4"]) == 0
+                        "--samples", "4", "--sampler", "mc_dropout"]) == 0
     rec = json.loads((tmp_path / "mc" / "f.json").read_text())
     assert rec["distributional"]["sampler"] == "mc_dropout" and rec["distributional"]["dropout_rate"] == 0.1
     lab = cv2.imread(str(tmp_path / "mc" / "f_label.png"), cv2.IMREAD_UNCHANGED)
-    samples = seg.predict_samples(rgb, depth_mm, K, samples=4, seed=0)
+    samples = seg.predict_samples(rgb, depth_mm, K, samples=4, seed=0, sampler="mc_dropout")
     for i in range(1, int(lab.max()) + 1):
         c = lab == i
         assert sum(any(not (c & ~m).any() for m in ms) for ms, _ in samples) >= 2
@@ -271,14 +272,14 @@ def test_runtime_mc_dropout_graph_is_torch_dropout_on_the_trunk(tiny, exported, 
     ones = seg.run_network(x, np.ones((1, C, 1, 1), np.float32))
     plain = seg.run_network(x)
     assert all(np.abs(ones[k] - plain[k]).max() < 1e-5 for k in plain)
-    smp = seg.predict_samples(rgb, depth, K, samples=4, seed=2)  # default sampler: MC dropout
+    smp = seg.predict_samples(rgb, depth, K, samples=4, seed=2, sampler="mc_dropout")
     inst = seg.predict(rgb, depth, K)
     assert np.array_equal(smp[0][0], inst.masks) and np.array_equal(smp[0][1], inst.scores)
     assert any(not np.array_equal(m, inst.masks) for m, _ in smp[1:])
-    again = seg.predict_samples(rgb, depth, K, samples=4, seed=2)
+    again = seg.predict_samples(rgb, depth, K, samples=4, seed=2, sampler="mc_dropout")
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(smp, again, strict=True))
     with pytest.raises(ValueError, match="dropout_rate"):
-        seg.predict_samples(rgb, depth, K, samples=2, dropout_rate=1.0)
+        seg.predict_samples(rgb, depth, K, samples=2, dropout_rate=1.0, sampler="mc_dropout")
 
 
 # ------------------------------------------------------------------------------------------ agent
