@@ -447,6 +447,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ps", type=_floats, default=DEFAULT_PS)
     ap.add_argument("--goal-p", type=float, default=0.9)
     ap.add_argument("--dropout-rate", type=float, default=SamplerConfig.dropout_rate)
+    ap.add_argument("--tta-scale", type=_floats, default=TTAConfig.scale_range,
+                    help="TTA zoom range lo,hi (learner.tta.TTAConfig.scale_range)")
+    ap.add_argument("--tta-shift", type=float, default=TTAConfig.max_shift,
+                    help="TTA shift, share of the image size (learner.tta.TTAConfig.max_shift)")
     ap.add_argument("--samplers", default="tta,mc_dropout",
                     help="comma-separated: mc_dropout, tta; the first one is the headline (goal check, sim)")
     ap.add_argument("--compare-methods", action="store_true",
@@ -472,7 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in a.samplers.split(","):
         if name not in ("tta", "mc_dropout"):
             ap.error(f"unknown sampler {name!r}")
-        samplers[name] = SamplerConfig(method=name, samples=a.samples, seed=a.seed, dropout_rate=a.dropout_rate)
+        samplers[name] = SamplerConfig(method=name, samples=a.samples, seed=a.seed, dropout_rate=a.dropout_rate,
+                                       tta=TTAConfig(scale_range=tuple(a.tta_scale), max_shift=a.tta_shift))
     cfg = BenchConfig(ps=a.ps, samples=a.samples, goal_p=a.goal_p, samplers=samplers, seed=a.seed,
                       compare_methods=a.compare_methods)
     out = Path(a.out)
