@@ -8,8 +8,8 @@ On held-out exported scenes (`sim.export_scenes`, label PNGs used for evaluation
 - the single-prediction model (`learner.hypotheses.propose` = the prior-mean mode) with masks of
   score >= t flattened into one label image (t = 0.5 is what `learner.evaluate` reports; the other
   thresholds show what a plain score knob buys);
-- p-confidence masks for every p and every sampler ("mc_dropout": channel dropout on the head trunk,
-  the default; "tta": test-time augmentation), with Alg. 1 as published (the default) and optionally
+- p-confidence masks for every p and every sampler ("tta": test-time augmentation, the default;
+  "mc_dropout": channel dropout on the head trunk), with Alg. 1 as published (the default) and optionally
   the nested variant (--compare-methods); Union-NMS of each sampler's samples;
 - for each: pooled double-pick rate and pickable-area fraction (`learner.metrics.double_pick_stats`,
   paper Sec. V-D: a gripper disk of 2 cm radius sampled inside the predicted masks; a double pick if
@@ -415,7 +415,7 @@ def _plot_panel(ax: Any, m: dict[str, Any], res: dict[str, Any], key: str, title
     ax.legend(fontsize=7)
 
 
-def goal_check(res: dict[str, Any], sampler: str = "mc_dropout") -> dict[str, Any]:
+def goal_check(res: dict[str, Any], sampler: str = SamplerConfig.method) -> dict[str, Any]:
     cfg = res["config"]
     m = res["eval"]["methods"]
     ref = m[f"single@{cfg['reference_threshold']:g}"]

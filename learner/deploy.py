@@ -34,6 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from learner.mask_cleaning import PROPOSAL_SCORES
 from learner.segmenter_runtime import (
     CARD_METADATA_KEY,
     CARD_NAME,
@@ -159,8 +160,8 @@ def _check_proposal_params(pp: dict[str, Any]) -> None:
         raise DeployError(f"max_seeds must be >= 1, got {pp['max_seeds']}")
     if pp["table_gate_m"] is not None and not 0.0 <= float(pp["table_gate_m"]) <= 0.1:
         raise DeployError(f"table_gate_m must be null or in [0, 0.1] metres, got {pp['table_gate_m']}")
-    if pp["score"] not in ("mask", "objectness_x_mask"):
-        raise DeployError(f"score must be 'mask' or 'objectness_x_mask', got {pp['score']!r}")
+    if pp["score"] not in PROPOSAL_SCORES:
+        raise DeployError(f"score must be one of {PROPOSAL_SCORES}, got {pp['score']!r}")
 
 
 def _synthetic_frame(H: int, W: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

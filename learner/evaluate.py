@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="metres above the fitted table plane still counted as table and cut from masks "
                          "(negative: off)")
     ap.add_argument("--no-largest-component", action="store_true", help="keep every component of a mask")
-    ap.add_argument("--score", default="mask", choices=list(SCORES), help="proposal score")
+    ap.add_argument("--score", default=SCORES[0], choices=list(SCORES), help="proposal score")
     ap.add_argument("--objectness-threshold", type=float, default=OBJECTNESS_THRESHOLD,
                     help="seed threshold on the objectness probability")
     add_eval_args(ap)

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .mask_cleaning import TABLE_GATE_M, clean_mask, table_pixels
+from .mask_cleaning import PROPOSAL_SCORES, TABLE_GATE_M, clean_mask, table_pixels
 from .model import PointSegmenter, SegmenterConfig, decode_masks, grid_centres
 from .preprocess import HEIGHT_SCALE_M, make_input, resize_rgbd
 
-SCORES = ("mask", "objectness_x_mask")
+SCORES = PROPOSAL_SCORES
 # Seed threshold on the objectness probability. Low on purpose: a seed costs one decoded mask, the
 # table gate and the mask score reject the junk, and models trained on sparse labels are timid in
 # objectness on small objects (val: 0.5 -> 0.1 raised AP50 by 0.04-0.08 on 2000-interaction models,

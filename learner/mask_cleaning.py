@@ -22,6 +22,10 @@ import cv2
 import numpy as np
 
 TABLE_GATE_M = 0.005
+# how a cleaned proposal is scored (learner.hypotheses; the runtime and the model card use the same
+# names): "mask" = mean mask probability inside the mask (the default), "objectness_x_mask" = that
+# times the mean objectness probability inside the mask (the first exports)
+PROPOSAL_SCORES = ("mask", "objectness_x_mask")
 
 
 def table_pixels(height_m: np.ndarray, valid: np.ndarray, gate_m: float | None = TABLE_GATE_M) -> np.ndarray | None:

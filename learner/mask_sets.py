@@ -258,8 +258,9 @@ def confidence_masks(
     them (reused across calls). p overrides config.p.
     Every returned mask is the intersection of masks from `required = ceil(k p)` distinct samples
     (minus pixels given to other masks), hence lies inside at least that many sample masks; returned
-    masks are disjoint; `members` names the intersected masks. method "nested" is also monotone: for p < p', every mask at p' lies inside the mask of the same object at p, and no mask
-    appears at p' that has no mask at p. Deterministic (ties go to the lower flattened index)."""
+    masks are disjoint; `members` names the intersected masks. method "nested" is also monotone: for
+    p < p', every mask at p' lies inside the mask of the same object at p, and no mask appears at p'
+    that has no mask at p. Deterministic (ties go to the lower flattened index)."""
     cfg = config or ConfidenceConfig()
     if p is not None:
         cfg = ConfidenceConfig(**{**cfg.__dict__, "p": p})

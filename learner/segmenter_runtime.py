@@ -57,7 +57,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from learner.mask_cleaning import clean_mask, table_pixels
+from learner.mask_cleaning import PROPOSAL_SCORES, clean_mask, table_pixels
 from learner.mask_sets import ConfidenceConfig, MaskSet, confidence_masks, union_nms
 from learner.table_plane import height_above_plane
 from learner.tta import TTAConfig, make_transforms, sample_with_transforms
@@ -667,8 +667,8 @@ def propose_from_heads(
     hypotheses.propose). table: (H,W) bool table pixels at the network input size
     (`mask_cleaning.table_pixels`), removed from every mask; None = no gate. Returns masks (N,H',W')
     bool, scores (N,) float32, seed points (N,2) in network-input pixels, and the number of seeds."""
-    if score not in ("mask", "objectness_x_mask"):
-        raise ValueError(f"score must be 'mask' or 'objectness_x_mask', got {score!r}")
+    if score not in PROPOSAL_SCORES:
+        raise ValueError(f"score must be one of {PROPOSAL_SCORES}, got {score!r}")
     obj = np.asarray(objectness, np.float32).reshape(objectness.shape[-2:])
     feats = np.asarray(features, np.float32).reshape(features.shape[-3:])
     kern = np.asarray(kernels, np.float32).reshape(kernels.shape[-3:])
@@ -816,7 +816,7 @@ class Segmenter:
         self.dyn_hidden = int(head["dyn_hidden"])
         self.coord_scale = float(head["coord_scale"])
         card_pp = dict(_card_get(card, "proposals"))
-        if card_pp.get("score") not in ("mask", "objectness_x_mask"):  # older cards: a description string
+        if card_pp.get("score") not in PROPOSAL_SCORES:  # older cards: a description string
             card_pp["score"] = _LEGACY_PROPOSALS["score"]
         self.proposal_params: dict[str, Any] = {**_LEGACY_PROPOSALS,
                                                 **{k: v for k, v in card_pp.items() if k in _PROPOSAL_KEYS}}
