@@ -45,7 +45,7 @@ import torch
 from data import scene_io
 from learner import metrics
 from learner.mask_sets import ConfidenceConfig, confidence_masks, prepare_samples, sample_diversity, union_nms
-from learner.sampling import SamplerConfig, sample_hypotheses
+from learner.sampling import METHODS, SamplerConfig, sample_hypotheses
 from learner.tta import TTAConfig
 
 DEFAULT_PS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -392,7 +392,7 @@ def _plot_panel(ax: Any, m: dict[str, Any], res: dict[str, Any], key: str, title
     ax.plot(xs, ys, "s--", color="tab:gray", label="single prediction (score threshold t)")
     for (t, _), x, y in zip(single, xs, ys, strict=True):
         ax.annotate(f"t={t:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="tab:gray")
-    colors = {"mc_dropout": "tab:orange", "tta": "tab:blue"}
+    colors = {"mc_dropout": "tab:orange", "tta": "tab:blue", "latent": "tab:green"}
     for sampler in res["eval"]["diversity"]:
         for label, style in (("confidence", "o-"), ("confidence-greedy", "x:"), ("confidence-nested", "x:")):
             pts = sorted((float(k.split("p=")[1]), v) for k, v in m.items() if k.startswith(f"{label}/{sampler}/"))
@@ -452,7 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tta-shift", type=float, default=TTAConfig.max_shift,
                     help="TTA shift, share of the image size (learner.tta.TTAConfig.max_shift)")
     ap.add_argument("--samplers", default="tta,mc_dropout",
-                    help="comma-separated: mc_dropout, tta; the first one is the headline (goal check, sim)")
+                    help="comma-separated: tta, mc_dropout, latent (latent models only); the first one is the "
+                         "headline (goal check, sim)")
     ap.add_argument("--compare-methods", action="store_true",
                     help="also the other p-confidence method (nested, monotone in p) as confidence-nested/...")
     ap.add_argument("--sim-scenes", type=int, default=30, help="sim scenes for the grasp experiment (0 = skip)")
@@ -474,8 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     samplers = {}
     for name in a.samplers.split(","):
-        if name not in ("tta", "mc_dropout"):
-            ap.error(f"unknown sampler {name!r}")
+        if name not in METHODS:
+            ap.error(f"unknown sampler {name!r} (expected some of {', '.join(METHODS)})")
         samplers[name] = SamplerConfig(method=name, samples=a.samples, seed=a.seed, dropout_rate=a.dropout_rate,
                                        tta=TTAConfig(scale_range=tuple(a.tta_scale), max_shift=a.tta_shift))
     cfg = BenchConfig(ps=a.ps, samples=a.samples, goal_p=a.goal_p, samplers=samplers, seed=a.seed,

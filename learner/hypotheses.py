@@ -115,6 +115,7 @@ def propose_from_output(
     table_gate_m: float | None = TABLE_GATE_M,
     largest_component: bool = True,
     score: str = "mask",
+    latent_generator: torch.Generator | None = None,
 ) -> list[Hypotheses]:
     """Proposals for every image of a forward() output (masks at image_size = network input size).
 
@@ -122,6 +123,8 @@ def propose_from_output(
     channels drive the table gate (no gate without it). table_gate_m: metres above the plane still
     counted as table (None: off). largest_component: keep each mask's largest 4-connected part.
     score: "mask" or "objectness_x_mask" (see the module docstring).
+    latent_generator: latent models only: every seed decodes with its own sample of the prior
+    p(z | image, seed) drawn from this generator (a segmentation hypothesis); None = the prior mean.
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
@@ -146,7 +149,10 @@ def propose_from_output(
                 )
             )
             continue
-        prob = torch.sigmoid(decode_masks(out, b[sel], p_i, cfg, upsample=True, image_size=(H, W)))
+        eps = None
+        if latent_generator is not None and "prior_mu" in out:
+            eps = torch.randn((p_i.shape[0], out["prior_mu"].shape[1]), generator=latent_generator)
+        prob = torch.sigmoid(decode_masks(out, b[sel], p_i, cfg, upsample=True, image_size=(H, W), latent_eps=eps))
         masks = prob > mask_threshold
         table = None
         if inputs is not None and table_gate_m is not None and inputs.shape[-2:] == (H, W):
@@ -165,6 +171,27 @@ def propose_from_output(
         keep = mask_nms(masks, scores, nms_iou)[:max_hypotheses]
         results.append(Hypotheses(masks[keep], scores[keep], p_i[keep]))
     return results
+
+
+def _network_input(model: PointSegmenter, rgb, depth, K, net_size: tuple[int, int] | None) -> torch.Tensor:
+    """The (1,8,H',W') network input of one frame (resized to net_size if given)."""
+    r, d, k = rgb, depth, K
+    if net_size is not None and tuple(net_size) != (int(rgb.shape[0]), int(rgb.shape[1])):
+        r, d, k = resize_rgbd(rgb, depth, K, net_size)
+    return make_input(r, d, k, device=next(model.parameters()).device)
+
+
+def _to_frame(hyp: Hypotheses, x: torch.Tensor, frame_hw: tuple[int, int], is_np: bool, return_points: bool):
+    """Masks (nearest-exact) and seed points from the network input size back to the frame's pixels."""
+    H, W = frame_hw
+    masks, scores, pts = hyp.masks, hyp.scores, hyp.points
+    if tuple(x.shape[-2:]) != (H, W):
+        Hn, Wn = x.shape[-2:]
+        masks = F.interpolate(masks.unsqueeze(1).float(), size=(H, W), mode="nearest-exact")[:, 0] > 0.5
+        pts = torch.stack([(pts[:, 0] + 0.5) * (W / Wn) - 0.5, (pts[:, 1] + 0.5) * (H / Hn) - 0.5], dim=1)
+    if is_np:
+        masks, scores, pts = masks.cpu().numpy(), scores.float().cpu().numpy(), pts.cpu().numpy()
+    return (masks, scores, pts) if return_points else (masks, scores)
 
 
 @torch.no_grad()
@@ -186,38 +213,44 @@ def propose(
     """Hypotheses for ONE RGB-D frame (rgb (H,W,3) uint8, depth (H,W) metres, K (3,3)).
 
     net_size: optional (H', W') the network runs at (RGB-D and K resized consistently); masks are
-    always returned at the frame's own resolution. Puts the model in eval mode.
+    always returned at the frame's own resolution. Puts the model in eval mode. A latent model gives
+    its prior-mean prediction (Latent-MaskRCNN Sec. IV-D).
     Returns (masks (N,H,W) bool, scores (N,) float32) sorted by decreasing score -- numpy arrays if
     rgb is a numpy array, torch tensors otherwise -- plus seed points (N,2) (u,v) in frame pixels
     if return_points.
     """
+    return propose_latent_samples(
+        model, rgb, depth, K, samples=1, include_mean=True, max_hypotheses=max_hypotheses,
+        objectness_threshold=objectness_threshold, nms_iou=nms_iou, mask_threshold=mask_threshold,
+        net_size=net_size, return_points=return_points, table_gate_m=table_gate_m,
+        largest_component=largest_component, score=score)[0]
+
+
+@torch.no_grad()
+def propose_latent_samples(
+    model: PointSegmenter,
+    rgb: np.ndarray | torch.Tensor,
+    depth: np.ndarray | torch.Tensor,
+    K: np.ndarray | torch.Tensor,
+    samples: int,
+    seed: int = 0,
+    include_mean: bool = True,
+    net_size: tuple[int, int] | None = None,
+    return_points: bool = False,
+    **proposal_kwargs,
+) -> list:
+    """`samples` hypothesis sets of ONE frame from one network pass: each decodes every seed with its
+    own draw from the latent prior (sample 0 is the prior mean if include_mean). For a model without a
+    latent code every sample is the plain prediction. Same conventions and returns (per sample) as
+    `propose`; proposal_kwargs are `propose`'s proposal parameters."""
     is_np = isinstance(rgb, np.ndarray)
-    H, W = int(rgb.shape[0]), int(rgb.shape[1])
-    r, d, k = rgb, depth, K
-    if net_size is not None and tuple(net_size) != (H, W):
-        r, d, k = resize_rgbd(rgb, depth, K, net_size)
-    dev = next(model.parameters()).device
-    x = make_input(r, d, k, device=dev)
+    x = _network_input(model, rgb, depth, K, net_size)
     model.eval()
     out = model(x)
-    hyp = propose_from_output(
-        model,
-        out,
-        tuple(x.shape[-2:]),
-        max_hypotheses=max_hypotheses,
-        objectness_threshold=objectness_threshold,
-        nms_iou=nms_iou,
-        mask_threshold=mask_threshold,
-        inputs=x,
-        table_gate_m=table_gate_m,
-        largest_component=largest_component,
-        score=score,
-    )[0]
-    masks, scores, pts = hyp.masks, hyp.scores, hyp.points
-    if tuple(x.shape[-2:]) != (H, W):
-        Hn, Wn = x.shape[-2:]
-        masks = F.interpolate(masks.unsqueeze(1).float(), size=(H, W), mode="nearest-exact")[:, 0] > 0.5
-        pts = torch.stack([(pts[:, 0] + 0.5) * (W / Wn) - 0.5, (pts[:, 1] + 0.5) * (H / Hn) - 0.5], dim=1)
-    if is_np:
-        masks, scores, pts = masks.cpu().numpy(), scores.float().cpu().numpy(), pts.cpu().numpy()
-    return (masks, scores, pts) if return_points else (masks, scores)
+    gen = torch.Generator().manual_seed(int(seed))
+    res = []
+    for i in range(int(samples)):
+        g = None if (i == 0 and include_mean) else gen
+        hyp = propose_from_output(model, out, tuple(x.shape[-2:]), inputs=x, latent_generator=g, **proposal_kwargs)[0]
+        res.append(_to_frame(hyp, x, (int(rgb.shape[0]), int(rgb.shape[1])), is_np, return_points))
+    return res

@@ -34,6 +34,9 @@ class SegmenterConfig:
     coord_scale: float = 64.0  # relative coordinates are divided by this (input pixels)
     norm: str = "bn"  # "bn" (BatchNorm, fuses away at deploy) or "gn" (GroupNorm)
     objectness_prior: float = 0.1  # initial sigmoid(objectness)
+    # Z of the per-query latent code (Latent-MaskRCNN; 0 = none, the plain model). See PointSegmenter.
+    latent_dim: int = 0
+    posterior_hidden: int = 32  # hidden units of the posterior encoder q(z | image, query, mask)
     extra: dict = field(default_factory=dict)  # free-form, stored with checkpoints
 
     @property
@@ -49,6 +52,8 @@ class SegmenterConfig:
     @classmethod
     def from_dict(cls, d: dict) -> SegmenterConfig:
         d = dict(d)
+        d.setdefault("latent_dim", 0)  # checkpoints from before the latent code
+        d.setdefault("posterior_hidden", 32)
         d["widths"], d["depths"] = tuple(d["widths"]), tuple(d["depths"])
         return cls(**d)
 
@@ -121,6 +126,14 @@ class PointSegmenter(nn.Module):
         self.obj_head = nn.Conv2d(c, 1, 1)
         self.feat_head = nn.Conv2d(c, cfg.embed_dim, 1)
         self.kernel_head = nn.Conv2d(c, cfg.num_kernel_params, 1)
+        if cfg.latent_dim > 0:
+            Z, D = cfg.latent_dim, cfg.embed_dim
+            self.prior_head = nn.Conv2d(c, 2 * Z, 1)  # prior p(z | image, query): mean, log-variance
+            self.latent_proj = nn.Linear(Z, cfg.num_kernel_params, bias=False)  # z -> dynamic-MLP offset
+            # posterior q(z | image, query, mask): [mask-mean features, features at the query, prior mean,
+            # mask geometry (log area, centroid offset, spread)] -> mean, log-variance
+            self.posterior = nn.Sequential(
+                nn.Linear(2 * D + Z + 5, cfg.posterior_hidden), nn.ReLU(), nn.Linear(cfg.posterior_hidden, 2 * Z))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -150,6 +163,12 @@ class PointSegmenter(nn.Module):
             b.zero_()
             b[:n1].normal_(0.0, (2.0 / (D + 2)) ** 0.5)
             b[n1 + Hd : n1 + 2 * Hd].normal_(0.0, (1.0 / Hd) ** 0.5)
+        if self.config.latent_dim > 0:
+            nn.init.normal_(self.prior_head.weight, std=0.01)
+            nn.init.zeros_(self.prior_head.bias)  # N(0, 1) everywhere at the start
+            nn.init.normal_(self.latent_proj.weight, std=0.01)
+            nn.init.zeros_(self.posterior[-1].weight)
+            nn.init.zeros_(self.posterior[-1].bias)  # q = N(0, 1) = the initial prior: KL starts at 0
 
     # ------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -163,11 +182,60 @@ class PointSegmenter(nn.Module):
         for i in range(len(feats) - 2, -1, -1):
             p = self.smooth[i](self.lateral[i](feats[i]) + _upsample_to(p, feats[i]))
         t = self.trunk(p)
-        return {
+        out = {
             "objectness": self.obj_head(t),
             "features": self.feat_head(t),
             "kernels": self.kernel_head(t),
         }
+        if self.config.latent_dim > 0:
+            Z = self.config.latent_dim
+            prior = self.prior_head(t)
+            mu = prior[:, :Z]
+            # "kernels" are the prior-mean kernels (Latent-MaskRCNN Sec. IV-D): everything that decodes
+            # without a latent (proposals, the deploy graph) gets the prior-mean prediction; the dynamic MLP
+            # is linear in its parameters' inputs, so the offset W mu folds into the kernel map exactly
+            out["kernels"] = out["kernels"] + F.conv2d(mu, self.latent_proj.weight[:, :, None, None])
+            out["prior_mu"] = mu
+            out["prior_logvar"] = prior[:, Z:].clamp(-8.0, 4.0)
+            out["latent_weight"] = self.latent_proj.weight  # (Kp, Z)
+        return out
+
+    def posterior_params(
+        self,
+        out: dict[str, torch.Tensor],
+        batch_index: torch.Tensor,
+        points_uv: torch.Tensor,
+        masks: torch.Tensor,
+        image_size: tuple[int, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior q(z | image, query, target mask) for training: (mean (P,Z), log-variance (P,Z)).
+
+        masks: (P,H,W) or (P,h,w) target masks (bool/float; area-downsampled to the stride-4 map);
+        points_uv (P,2) query pixels (u,v) of the network input."""
+        if self.config.latent_dim <= 0:
+            raise ValueError("this model has no latent code (latent_dim = 0)")
+        feats = out["features"]
+        H, W = _input_size(out, image_size)
+        h, w = feats.shape[-2:]
+        m = masks.to(feats.dtype)
+        if m.shape[-2:] != (h, w):
+            m = F.interpolate(m.unsqueeze(1), size=(h, w), mode="area")[:, 0]
+        area = m.sum(dim=(1, 2)).clamp(min=1e-3)
+        b = batch_index.long()
+        mean_f = torch.einsum("phw,pdhw->pd", m, feats[b]) / area[:, None]
+        at_p = sample_at_points(feats, b, points_uv, (H, W))
+        mu_p = sample_at_points(out["prior_mu"], b, points_uv, (H, W))
+        u, v = grid_centres(h, w, H, W, device=feats.device, dtype=feats.dtype)
+        s = float(self.config.coord_scale)
+        cu = (m.sum(1) * u).sum(1) / area
+        cv = (m.sum(2) * v).sum(1) / area
+        su = ((m.sum(1) * (u - cu[:, None]) ** 2).sum(1) / area).sqrt()
+        sv = ((m.sum(2) * (v - cv[:, None]) ** 2).sum(1) / area).sqrt()
+        geom = torch.stack([torch.log(area * (H * W) / (h * w)) / 8.0, (cu - points_uv[:, 0]) / s,
+                            (cv - points_uv[:, 1]) / s, su / s, sv / s], dim=1)
+        q = self.posterior(torch.cat([mean_f, at_p, mu_p, geom.to(feats.dtype)], dim=1))
+        Z = self.config.latent_dim
+        return q[:, :Z], q[:, Z:].clamp(-8.0, 4.0)
 
     # ------------------------------------------------------------------------------------------
     def decode(
@@ -177,14 +245,17 @@ class PointSegmenter(nn.Module):
         points_uv: torch.Tensor,
         upsample: bool = True,
         image_size: tuple[int, int] | None = None,
+        latent_z: torch.Tensor | None = None,
+        latent_eps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mask logits for query points.
 
         out: forward() output; batch_index (P,) long; points_uv (P,2) (u,v) in input pixels.
         image_size: (H,W) of the network input; default 4x the stride-4 map (exact when H, W are
         multiples of 16, e.g. 240x320). Returns (P,H,W) logits if upsample else (P,h,w).
+        latent_z / latent_eps: see `decode_masks` (default: the prior mean).
         """
-        return decode_masks(out, batch_index, points_uv, self.config, upsample, image_size)
+        return decode_masks(out, batch_index, points_uv, self.config, upsample, image_size, latent_z, latent_eps)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -248,7 +319,14 @@ def decode_masks(
     config: SegmenterConfig,
     upsample: bool = True,
     image_size: tuple[int, int] | None = None,
+    latent_z: torch.Tensor | None = None,
+    latent_eps: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """Mask logits (P,H,W) (or (P,h,w) without upsample) for query points (P,2) (u,v) input pixels.
+
+    Latent models (out has "prior_mu"): by default the prior-mean mask; latent_z (P,Z) decodes with
+    that code (training: a posterior sample), latent_eps (P,Z) with the prior sample
+    mu + sigma * eps at each query (test-time sampling)."""
     feats = out["features"]
     kernels = out["kernels"]
     B, D, h, w = feats.shape
@@ -259,7 +337,13 @@ def decode_masks(
         size = (H, W) if upsample else (h, w)
         return feats.new_zeros((0, *size))
     points_uv = points_uv.to(feats.dtype)
-    params = sample_at_points(kernels, batch_index, points_uv, (H, W))  # (P,K)
+    params = sample_at_points(kernels, batch_index, points_uv, (H, W))  # (P,K), prior-mean kernels
+    if "prior_mu" in out and (latent_z is not None or latent_eps is not None):
+        mu = sample_at_points(out["prior_mu"], batch_index, points_uv, (H, W))
+        if latent_z is None:
+            logvar = sample_at_points(out["prior_logvar"], batch_index, points_uv, (H, W))
+            latent_z = mu + torch.exp(0.5 * logvar) * latent_eps.to(mu.dtype)
+        params = params + (latent_z.to(mu.dtype) - mu) @ out["latent_weight"].t()
     n1 = (D + 2) * Hd
     w1 = params[:, :n1].reshape(P, Hd, D + 2)
     b1 = params[:, n1 : n1 + Hd]

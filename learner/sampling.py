@@ -37,12 +37,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from learner.hypotheses import propose
+from learner.hypotheses import propose, propose_latent_samples
 from learner.mask_sets import ConfidenceConfig, MaskSet, confidence_masks, union_nms
 from learner.tta import TTAConfig, make_transforms, sample_with_transforms
 
 MODES = ("mean", "confidence", "union")
-METHODS = ("mc_dropout", "tta")
+METHODS = ("mc_dropout", "tta", "latent")
 PROPOSAL_KEYS = ("max_hypotheses", "objectness_threshold", "nms_iou", "mask_threshold")
 
 
@@ -122,6 +122,12 @@ def sample_hypotheses(
     def predict_fn(r: np.ndarray, d: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return propose(model, r, d, k, net_size=net_size, **kw)
 
+    if cfg.method == "latent":
+        if getattr(getattr(model, "config", None), "latent_dim", 0) <= 0:
+            raise ValueError("sampler 'latent' needs a model trained with a latent code (latent_dim > 0); "
+                             "use 'tta' or 'mc_dropout' for this one")
+        out = propose_latent_samples(model, rgb, depth, K, cfg.samples, cfg.seed, cfg.include_mean, net_size, **kw)
+        return [(np.asarray(m, bool), np.asarray(s, np.float32)) for m, s in out]
     if cfg.method == "tta":
         tcfg = TTAConfig(**{**cfg.tta.__dict__, "include_identity": cfg.include_mean})
         return sample_with_transforms(predict_fn, rgb, depth, K, make_transforms(cfg.samples, tcfg, cfg.seed))

@@ -45,7 +45,7 @@ from learner.losses import (
     objectness_loss,
     robust_set_target,
 )
-from learner.model import PointSegmenter, SegmenterConfig, build_model, instance_embeddings
+from learner.model import PointSegmenter, SegmenterConfig, build_model, instance_embeddings, sample_at_points
 from learner.preprocess import make_input
 from learner.train_data import LogSource, SceneSource, TrainImage
 
@@ -79,6 +79,11 @@ class TrainConfig:
     color_jitter: float = 0.15
     max_queries: int = 96  # decoded masks per batch (memory/time bound)
     mask_loss_stride: int = 4  # 4: mask loss at the mask head's resolution; 1: at full input resolution
+    # latent models (SegmenterConfig.latent_dim > 0; Latent-MaskRCNN): masks are decoded with a sample of the
+    # posterior q(z | image, query, mask), plus kl_weight * KL(q || prior) per query, the weight ramped up
+    # linearly over the first kl_warmup_steps (KL warm-up)
+    kl_weight: float = 0.1
+    kl_warmup_steps: int = 200
     seed: int = 0
     num_threads: int = 2
     log_every: int = 10
@@ -94,6 +99,8 @@ class TrainConfig:
             raise ValueError(f"mask_loss_stride must be 1 or 4, got {self.mask_loss_stride}")
         if not 0.0 <= self.pseudo_fraction <= 1.0:
             raise ValueError(f"pseudo_fraction must be in [0, 1], got {self.pseudo_fraction}")
+        if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0) or self.kl_warmup_steps < 0:
+            raise ValueError("kl_weight must be finite and >= 0 and kl_warmup_steps >= 0")
 
 
 def _flip(img: TrainImage) -> TrainImage:
@@ -234,11 +241,14 @@ class Trainer:
             bidx, pts, tgt = [bidx[i] for i in keep], [pts[i] for i in keep], [tgt[i] for i in keep]
         if pts:
             full_res = cfg.mask_loss_stride == 1
-            logits = self.model.decode(out, torch.tensor(bidx), torch.tensor(np.stack(pts)), upsample=full_res,
-                                       image_size=(H, W))
+            bt, pt = torch.tensor(bidx), torch.tensor(np.stack(pts))
             target = torch.from_numpy(np.stack(tgt))
             if not full_res:  # labels at the head's own stride-4 resolution: 16x cheaper, same information
-                target = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="area")[:, 0] >= 0.5
+                target = F.interpolate(target[:, None].float(), size=out["objectness"].shape[-2:], mode="area")[:, 0] >= 0.5
+            z = None
+            if self.model.config.latent_dim > 0:
+                z, terms["kl"] = self._posterior_sample(out, bt, pt, target, (H, W))
+            logits = self.model.decode(out, bt, pt, upsample=full_res, image_size=(H, W), latent_z=z)
             if cfg.loss == "robust":
                 # Pathak's robust target (the closest set to the prediction with IoU >= tau), trained with
                 # BCE plus Dice: objects cover < 1% of a 320x240 frame, and a per-pixel mean alone would
@@ -278,6 +288,18 @@ class Trainer:
 
         total = sum(terms.values())
         return total, {k: float(v.detach()) for k, v in terms.items()}
+
+    def _posterior_sample(self, out: dict[str, torch.Tensor], bidx: torch.Tensor, pts: torch.Tensor,
+                          target: torch.Tensor, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """z ~ q(z | image, query, target mask) (reparameterised) and the weighted KL(q || prior), mean over
+        queries (nats, summed over the Z dimensions)."""
+        mu_q, lv_q = self.model.posterior_params(out, bidx, pts, target, image_size)
+        mu_p = sample_at_points(out["prior_mu"], bidx, pts, image_size)
+        lv_p = sample_at_points(out["prior_logvar"], bidx, pts, image_size)
+        z = mu_q + torch.exp(0.5 * lv_q) * torch.randn_like(mu_q)
+        kl = 0.5 * (lv_p - lv_q + (torch.exp(lv_q) + (mu_q - mu_p) ** 2) * torch.exp(-lv_p) - 1.0).sum(1).mean()
+        ramp = min(1.0, (self.step + 1) / self.cfg.kl_warmup_steps) if self.cfg.kl_warmup_steps else 1.0
+        return z, self.cfg.kl_weight * ramp * kl
 
     def _lr(self, step: int, total: int) -> float:
         cfg = self.cfg
@@ -354,14 +376,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mask-loss-stride", type=int, default=TrainConfig.mask_loss_stride, choices=[1, 4])
     ap.add_argument("--threads", type=int, default=TrainConfig.num_threads)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--latent-dim", type=int, default=0,
+                    help="Z of the per-query latent code (Latent-MaskRCNN; 0 = the plain model)")
+    ap.add_argument("--kl-weight", type=float, default=TrainConfig.kl_weight)
     a = ap.parse_args(argv)
     cfg = TrainConfig(steps=a.steps, time_budget_s=a.time_budget, batch_size=a.batch_size, loss=a.loss, tau=a.tau,
                       pseudo_sequences=not a.no_pseudo, table_prior=not a.no_table_prior, seed=a.seed,
                       propagate_labels=not a.no_propagation,
-                      mask_loss_stride=a.mask_loss_stride, num_threads=a.threads)
+                      mask_loss_stride=a.mask_loss_stride, num_threads=a.threads, kl_weight=a.kl_weight)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, oracle=a.oracle_scenes is not None)
+    trainer = Trainer(cfg, SegmenterConfig(latent_dim=a.latent_dim), oracle=a.oracle_scenes is not None)
     if (out / CHECKPOINT_NAME).exists():
         trainer.load(out / CHECKPOINT_NAME)
         print(f"resumed from {out / CHECKPOINT_NAME} at step {trainer.step}")

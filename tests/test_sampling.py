@@ -103,7 +103,8 @@ def test_mc_dropout_changes_the_output_only_inside_the_context(tiny, frame):
 
 def test_bad_sampler_settings(tiny, frame):
     rgb, depth, K = frame
-    for bad, msg in ((dict(samples=0), "samples"), (dict(method="latent"), "method"), (dict(dropout_rate=1.0), "dropout"),
+    for bad, msg in ((dict(samples=0), "samples"), (dict(method="ensemble"), "method"),
+                     (dict(method="latent"), "needs a model trained with a latent code"), (dict(dropout_rate=1.0), "dropout"),
                      (dict(tta=TTAConfig(scale_range=(1.2, 1.1))), "scale_range")):
         with pytest.raises(ValueError, match=msg):
             sampling.sample_hypotheses(tiny, rgb, depth, K, sampling.SamplerConfig(**bad))

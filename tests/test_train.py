@@ -137,3 +137,32 @@ def test_train_cli_trains_and_resumes(tiny_log, tmp_path, capsys):
     assert "resumed from" in capsys.readouterr().out
     assert torch.load(out / "last.pt", map_location="cpu", weights_only=True)["step"] == 4
     assert (out / "metrics.jsonl").read_text().count('"kind": "train"') >= 2
+
+
+def test_latent_model_trains_with_a_posterior_and_a_kl_term(tiny_log, tmp_path):
+    cfg = TrainConfig(steps=20, batch_size=3, lr=3e-3, max_queries=24, warmup_steps=2, seed=1, kl_warmup_steps=5)
+    latent = SegmenterConfig(**{**TINY.to_dict(), "widths": TINY.widths, "depths": TINY.depths, "latent_dim": 4})
+    tr = Trainer(cfg, latent)
+    src = LogSource(tiny_log)
+    fixed = tr.sample_batch(src)
+    tr.model.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        before, parts0 = tr.loss_on(fixed)
+    assert "kl" in parts0 and parts0["kl"] >= 0.0
+    tr.cfg.color_jitter = 0.0
+    tr.train(src, progress=False)
+    tr.model.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        after, parts = tr.loss_on(fixed)
+    assert float(after) < 0.8 * float(before), (float(before), float(after), parts)
+    assert np.isfinite(parts["kl"]) and parts["kl"] >= 0.0
+    # the posterior got gradients: it is no longer the all-zero initialisation
+    assert float(tr.model.posterior[-1].weight.detach().abs().sum()) > 0
+    tr.save(tmp_path / "last.pt")
+    tr2 = Trainer(cfg, TINY)
+    tr2.load(tmp_path / "last.pt")
+    assert tr2.model.config.latent_dim == 4
+    with pytest.raises(ValueError, match="kl_weight"):
+        TrainConfig(kl_weight=-1.0).validate()
