@@ -284,6 +284,8 @@ def onnx_latency(ckpt: Path, scenes_dir: Path, out_dir: Path, samples: int, p: f
     res = {}
     runs = [("mean", "mean", None), ("confidence (mc_dropout)", "confidence", "mc_dropout"),
             ("confidence (tta)", "confidence", "tta"), ("union (mc_dropout)", "union", "mc_dropout")]
+    if seg.latent_weight is not None:
+        runs.append(("confidence (latent)", "confidence", "latent"))
     for name, mode, sampler in runs:
         ts = []
         for rgb, depth, K in frames:
@@ -346,7 +348,7 @@ def format_markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {name} | {d['boundary_diversity']:.3f} | {d['unmatched_rate']:.3f} | "
                      f"{d['distinct_segmentations']:.1f} / {d['k']:.0f} | {d['pixel_agreement']:.3f} | "
                      f"{d['masks_per_sample']:.1f} |")
-    lines += ["", "Latency per frame (torch, 1 thread; sampling = k forward passes + proposals):", "",
+    lines += ["", "Latency per frame (torch, 1 thread; sampling = k forward passes + proposals, one pass for latent):", "",
               "| step | ms |", "|---|---|"]
     for name, v in res["eval"]["torch_latency_ms"].items():
         lines.append(f"| {name} | {v:.1f} |")

@@ -40,6 +40,7 @@ from learner.segmenter_runtime import (
     CARD_NAME,
     DEFAULT_DROPOUT_RATE,
     INPUT_NAME,
+    LATENT_OUTPUT,
     MC_INPUT_NAME,
     MC_ONNX_NAME,
     MODES,
@@ -187,6 +188,27 @@ def _synthetic_frame(H: int, W: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
 MC_MODULE = "trunk"  # the module whose output MC dropout drops channels of (learner.sampling's default)
 
 
+def _graph_outputs(model: Any) -> tuple[str, ...]:
+    """Output names of the exported graph: the three heads, plus the prior log-variance of a latent model."""
+    return OUTPUT_NAMES + ((LATENT_OUTPUT,) if int(getattr(model.config, "latent_dim", 0)) > 0 else ())
+
+
+def _heads_only(model: Any, names: tuple[str, ...]) -> Any:
+    """The model with a tuple output in `names` order (the forward dict also holds training-only entries)."""
+    import torch
+
+    class HeadsOnly(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module):
+            super().__init__()
+            self.net = net
+
+        def forward(self, *inp: torch.Tensor):
+            out = self.net(*inp)
+            return tuple(out[k] for k in names)
+
+    return HeadsOnly(model).eval()
+
+
 def _export_mc_graph(model: Any, x: Any, out: Path, check: bool) -> dict[str, Any]:
     """Write OUT/segmenter_mc.onnx: the network with `model.<MC_MODULE>`'s output multiplied by a
     per-channel input `trunk_scale` (1, C, 1, 1). Feeding Bernoulli(1 - r) / (1 - r) factors is
@@ -222,7 +244,7 @@ def _export_mc_graph(model: Any, x: Any, out: Path, check: bool) -> dict[str, An
             finally:
                 handle.remove()
 
-    wrapper = ChannelScaled(model).eval()
+    wrapper = _heads_only(ChannelScaled(model).eval(), OUTPUT_NAMES)
     path, tmp = out / MC_ONNX_NAME, out / (MC_ONNX_NAME + ".tmp")
     ones = torch.ones(1, C, 1, 1)
     try:
@@ -245,7 +267,7 @@ def _export_mc_graph(model: Any, x: Any, out: Path, check: bool) -> dict[str, An
             ref = wrapper(x, scale)
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy(), MC_INPUT_NAME: scale.numpy()})
-        diff = max(float(np.abs(g - ref[k].numpy()).max()) for k, g in zip(OUTPUT_NAMES, got, strict=True))
+        diff = max(float(np.abs(g - r.numpy()).max()) for r, g in zip(ref, got, strict=True))
         if diff > 1e-3:
             tmp.unlink(missing_ok=True)
             raise DeployError(f"MC-dropout ONNX graph and torch disagree after export (max abs diff {diff})")
@@ -259,6 +281,24 @@ def _export_mc_graph(model: Any, x: Any, out: Path, check: bool) -> dict[str, An
         "per-channel factor; MC dropout feeds Bernoulli(1 - rate) / (1 - rate) draws (F.dropout2d), ones "
         "give the plain network",
         "onnx_vs_torch_max_abs_diff": diff,
+    }
+
+
+def _latent_card(model: Any, h: int, w: int) -> dict[str, Any] | None:
+    """Card entry of a latent model (None otherwise): what the runtime's "latent" sampler needs."""
+    Z = int(getattr(model.config, "latent_dim", 0))
+    if Z <= 0:
+        return None
+    W = model.latent_proj.weight.detach().cpu().numpy().astype(np.float32)
+    return {
+        "dim": Z,
+        "output": LATENT_OUTPUT,
+        "output_shape": [1, Z, int(h), int(w)],
+        "weight": [[float(v) for v in row] for row in W],
+        "meaning": "Latent-MaskRCNN per-query code z ~ N(mu(p), exp(logvar(p))) of the prior at query p. The "
+        "graph's kernels are the prior-mean kernels (mu folded in); a prior sample decodes with kernel "
+        f"parameters kernels(p) + weight @ (exp(0.5 {LATENT_OUTPUT}(p)) * eps), eps ~ N(0, I), weight "
+        "(num_kernel_params, dim), both maps sampled bilinearly at p like the kernels",
     }
 
 
@@ -302,13 +342,14 @@ def export(
     with torch.no_grad():
         ref = model(x)
     h, w = ref["objectness"].shape[-2:]
+    names = _graph_outputs(model)
     try:
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (x,), str(tmp_onnx), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                _heads_only(model, names), (x,), str(tmp_onnx), input_names=[INPUT_NAME], output_names=list(names),
                 opset_version=OPSET, do_constant_folding=True, dynamo=False,
             )
     except Exception as e:  # noqa: BLE001
@@ -322,8 +363,8 @@ def export(
         so = ort.SessionOptions()
         so.intra_op_num_threads = 2
         sess = ort.InferenceSession(str(tmp_onnx), sess_options=so, providers=["CPUExecutionProvider"])
-        got = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()})
-        diffs = {k: float(np.abs(g - ref[k].numpy()).max()) for k, g in zip(OUTPUT_NAMES, got, strict=True)}
+        got = sess.run(list(names), {INPUT_NAME: x.numpy()})
+        diffs = {k: float(np.abs(g - ref[k].numpy()).max()) for k, g in zip(names, got, strict=True)}
         if max(diffs.values()) > 1e-3:
             tmp_onnx.unlink(missing_ok=True)
             raise DeployError(f"ONNX and torch outputs disagree after export (max abs diff {diffs})")
@@ -414,6 +455,7 @@ def export(
             "mean objectness probability in the mask",
         },
         "mc_dropout": mc_info,
+        "latent": _latent_card(model, h, w),
         "model": {
             "version": None if mv is None else int(mv),
             "config": cfg.to_dict(),

@@ -115,7 +115,7 @@ def propose_from_output(
     table_gate_m: float | None = TABLE_GATE_M,
     largest_component: bool = True,
     score: str = "mask",
-    latent_generator: torch.Generator | None = None,
+    latent_rng: np.random.Generator | None = None,
 ) -> list[Hypotheses]:
     """Proposals for every image of a forward() output (masks at image_size = network input size).
 
@@ -123,8 +123,9 @@ def propose_from_output(
     channels drive the table gate (no gate without it). table_gate_m: metres above the plane still
     counted as table (None: off). largest_component: keep each mask's largest 4-connected part.
     score: "mask" or "objectness_x_mask" (see the module docstring).
-    latent_generator: latent models only: every seed decodes with its own sample of the prior
-    p(z | image, seed) drawn from this generator (a segmentation hypothesis); None = the prior mean.
+    latent_rng: latent models only: every seed decodes with its own sample of the prior
+    p(z | image, seed), eps ~ N(0, I) drawn from this generator (float32, seeds strongest first, as the
+    deploy runtime draws them); None = the prior mean.
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
@@ -150,8 +151,8 @@ def propose_from_output(
             )
             continue
         eps = None
-        if latent_generator is not None and "prior_mu" in out:
-            eps = torch.randn((p_i.shape[0], out["prior_mu"].shape[1]), generator=latent_generator)
+        if latent_rng is not None and "prior_mu" in out:
+            eps = torch.from_numpy(latent_rng.standard_normal((p_i.shape[0], out["prior_mu"].shape[1]), np.float32))
         prob = torch.sigmoid(decode_masks(out, b[sel], p_i, cfg, upsample=True, image_size=(H, W), latent_eps=eps))
         masks = prob > mask_threshold
         table = None
@@ -237,20 +238,22 @@ def propose_latent_samples(
     include_mean: bool = True,
     net_size: tuple[int, int] | None = None,
     return_points: bool = False,
+    rng: np.random.Generator | None = None,
     **proposal_kwargs,
 ) -> list:
     """`samples` hypothesis sets of ONE frame from one network pass: each decodes every seed with its
     own draw from the latent prior (sample 0 is the prior mean if include_mean). For a model without a
     latent code every sample is the plain prediction. Same conventions and returns (per sample) as
-    `propose`; proposal_kwargs are `propose`'s proposal parameters."""
+    `propose`; proposal_kwargs are `propose`'s proposal parameters. rng: draw from this generator
+    instead of one seeded with `seed`."""
     is_np = isinstance(rgb, np.ndarray)
     x = _network_input(model, rgb, depth, K, net_size)
     model.eval()
     out = model(x)
-    gen = torch.Generator().manual_seed(int(seed))
+    rng = np.random.default_rng([int(seed), 2]) if rng is None else rng
     res = []
     for i in range(int(samples)):
-        g = None if (i == 0 and include_mean) else gen
-        hyp = propose_from_output(model, out, tuple(x.shape[-2:]), inputs=x, latent_generator=g, **proposal_kwargs)[0]
+        g = None if (i == 0 and include_mean) else rng
+        hyp = propose_from_output(model, out, tuple(x.shape[-2:]), inputs=x, latent_rng=g, **proposal_kwargs)[0]
         res.append(_to_frame(hyp, x, (int(rgb.shape[0]), int(rgb.shape[1])), is_np, return_points))
     return res

@@ -166,7 +166,7 @@ class PointSegmenter(nn.Module):
         if self.config.latent_dim > 0:
             nn.init.normal_(self.prior_head.weight, std=0.01)
             nn.init.zeros_(self.prior_head.bias)  # N(0, 1) everywhere at the start
-            nn.init.normal_(self.latent_proj.weight, std=0.01)
+            nn.init.normal_(self.latent_proj.weight, std=0.1)  # large enough that codes matter from the start
             nn.init.zeros_(self.posterior[-1].weight)
             nn.init.zeros_(self.posterior[-1].bias)  # q = N(0, 1) = the initial prior: KL starts at 0
 

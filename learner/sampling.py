@@ -42,7 +42,7 @@ from learner.mask_sets import ConfidenceConfig, MaskSet, confidence_masks, union
 from learner.tta import TTAConfig, make_transforms, sample_with_transforms
 
 MODES = ("mean", "confidence", "union")
-METHODS = ("mc_dropout", "tta", "latent")
+METHODS = ("mc_dropout", "tta", "latent", "tta_latent")
 PROPOSAL_KEYS = ("max_hypotheses", "objectness_threshold", "nms_iou", "mask_threshold")
 
 
@@ -122,12 +122,22 @@ def sample_hypotheses(
     def predict_fn(r: np.ndarray, d: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return propose(model, r, d, k, net_size=net_size, **kw)
 
+    if cfg.method in ("latent", "tta_latent") and getattr(getattr(model, "config", None), "latent_dim", 0) <= 0:
+        raise ValueError(f"sampler {cfg.method!r} needs a model trained with a latent code (latent_dim > 0); "
+                         "use 'tta' or 'mc_dropout' for this one")
     if cfg.method == "latent":
-        if getattr(getattr(model, "config", None), "latent_dim", 0) <= 0:
-            raise ValueError("sampler 'latent' needs a model trained with a latent code (latent_dim > 0); "
-                             "use 'tta' or 'mc_dropout' for this one")
         out = propose_latent_samples(model, rgb, depth, K, cfg.samples, cfg.seed, cfg.include_mean, net_size, **kw)
         return [(np.asarray(m, bool), np.asarray(s, np.float32)) for m, s in out]
+    if cfg.method == "tta_latent":  # every TTA view decoded with its own latent draw (the identity view: the mean)
+        rng, calls = np.random.default_rng([int(cfg.seed), 2]), [0]
+
+        def latent_fn(r: np.ndarray, d: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            first = calls[0] == 0 and cfg.include_mean
+            calls[0] += 1
+            return propose_latent_samples(model, r, d, k, 1, include_mean=first, net_size=net_size, rng=rng, **kw)[0]
+
+        tcfg = TTAConfig(**{**cfg.tta.__dict__, "include_identity": cfg.include_mean})
+        return sample_with_transforms(latent_fn, rgb, depth, K, make_transforms(cfg.samples, tcfg, cfg.seed))
     if cfg.method == "tta":
         tcfg = TTAConfig(**{**cfg.tta.__dict__, "include_identity": cfg.include_mean})
         return sample_with_transforms(predict_fn, rgb, depth, K, make_transforms(cfg.samples, tcfg, cfg.seed))

@@ -69,14 +69,15 @@ INPUT_NAME = "input"
 OUTPUT_NAMES = ("objectness", "features", "kernels")
 MC_ONNX_NAME = "segmenter_mc.onnx"  # the same network with a per-channel factor on the head trunk (MC dropout)
 MC_INPUT_NAME = "trunk_scale"
-SAMPLERS = ("tta", "mc_dropout")  # predict_samples / predict_distributional samplers, default first
+LATENT_OUTPUT = "prior_logvar"  # extra graph output of latent models (card "latent")
+SAMPLERS = ("tta", "mc_dropout", "latent")  # predict_samples / predict_distributional samplers, default first
 DEFAULT_DROPOUT_RATE = 0.1
 
 # plausibility limits for the depth unit check
 MAX_DEPTH_M = 20.0  # float depth whose median is above this is almost surely millimetres
 
 __all__ = ["Segmenter", "Instances", "InputError", "ModelError", "check_inputs", "interior_points", "CARD_NAME",
-           "ONNX_NAME", "MC_ONNX_NAME", "MODES", "SAMPLERS"]
+           "ONNX_NAME", "MC_ONNX_NAME", "MODES", "SAMPLERS", "LATENT_OUTPUT"]
 
 MODES = ("mean", "confidence", "union")  # predict_distributional modes
 
@@ -500,17 +501,21 @@ def decode_lowres(
     image_size: tuple[int, int],
     dyn_hidden: int,
     coord_scale: float,
+    param_offset: np.ndarray | None = None,
 ) -> np.ndarray:
     """Dynamic-head mask logits at the feature resolution: (P,h,w) float32.
 
     features (D,h,w), kernels (Kp,h,w) with Kp = (D+2)*Hd + Hd + Hd + 1, laid out as
-    w1 (Hd, D+2) row-major | b1 (Hd) | w2 (Hd) | b2 (1)."""
+    w1 (Hd, D+2) row-major | b1 (Hd) | w2 (Hd) | b2 (1). param_offset (P,Kp): added to each query's
+    sampled kernel parameters (a latent model's prior sample)."""
     D, h, w = features.shape
     P = points_uv.shape[0]
     Hd = int(dyn_hidden)
     if P == 0:
         return np.zeros((0, h, w), np.float32)
     params = sample_at_points(kernels, points_uv, image_size)
+    if param_offset is not None:
+        params = (params + np.asarray(param_offset, np.float32)).astype(np.float32)
     n1 = (D + 2) * Hd
     w1 = params[:, :n1].reshape(P, Hd, D + 2)
     b1 = params[:, n1 : n1 + Hd]
@@ -659,6 +664,7 @@ def propose_from_heads(
     table: np.ndarray | None = None,
     largest_component: bool = True,
     score: str = "mask",
+    latent: tuple[np.ndarray, np.ndarray, np.random.Generator] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Proposals for one image from the network heads ((1,)1,h,w / (1,)D,h,w / (1,)Kp,h,w).
 
@@ -666,7 +672,10 @@ def propose_from_heads(
     masks are returned at output_size (default image_size; nearest-exact resize like
     hypotheses.propose). table: (H,W) bool table pixels at the network input size
     (`mask_cleaning.table_pixels`), removed from every mask; None = no gate. Returns masks (N,H',W')
-    bool, scores (N,) float32, seed points (N,2) in network-input pixels, and the number of seeds."""
+    bool, scores (N,) float32, seed points (N,2) in network-input pixels, and the number of seeds.
+    latent: (prior log-variance map ((1,)Z,h,w), weight (Kp,Z), rng) of a latent model: every seed
+    decodes with its own prior sample, eps ~ N(0, I) float32 drawn from rng for the seeds strongest
+    first (as `learner.hypotheses.propose_from_output`); None = the prior mean."""
     if score not in PROPOSAL_SCORES:
         raise ValueError(f"score must be one of {PROPOSAL_SCORES}, got {score!r}")
     obj = np.asarray(objectness, np.float32).reshape(objectness.shape[-2:])
@@ -679,7 +688,14 @@ def propose_from_heads(
     empty = (np.zeros((0, *out_size), bool), np.zeros(0, np.float32), np.zeros((0, 2), np.float32))
     if pts.shape[0] == 0:
         return (*empty, 0)
-    logits = decode_lowres(feats, kern, pts, (H, W), dyn_hidden, coord_scale)
+    offset = None
+    if latent is not None:
+        logvar, weight, rng = latent
+        logvar = np.asarray(logvar, np.float32).reshape(logvar.shape[-3:])
+        eps = rng.standard_normal((pts.shape[0], logvar.shape[0]), np.float32)
+        sigma = np.exp(np.float32(0.5) * sample_at_points(logvar, pts, (H, W)))
+        offset = (sigma * eps) @ np.asarray(weight, np.float32).T
+    logits = decode_lowres(feats, kern, pts, (H, W), dyn_hidden, coord_scale, offset)
     h, w = obj.shape
     up = _Upsampler(h, w, H, W)
     obj_up = _sigmoid(_bilinear(obj, H, W))
@@ -821,6 +837,8 @@ class Segmenter:
         self.proposal_params: dict[str, Any] = {**_LEGACY_PROPOSALS,
                                                 **{k: v for k, v in card_pp.items() if k in _PROPOSAL_KEYS}}
         self.model_version = card.get("model", {}).get("version")
+        lat = card.get("latent")
+        self.latent_weight = None if not lat else np.asarray(lat["weight"], np.float32)  # (Kp, Z)
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 2, allow_spinning: bool = False) -> Segmenter:
@@ -855,7 +873,9 @@ class Segmenter:
         """Network heads for input x; with trunk_scale (per-channel factors, shape of the card's
         mc_dropout.shape) the MC graph runs instead."""
         if trunk_scale is None:
-            outs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x, np.float32)})
+            names = OUTPUT_NAMES + ((LATENT_OUTPUT,) if self.latent_weight is not None else ())
+            outs = self.session.run(list(names), {INPUT_NAME: np.ascontiguousarray(x, np.float32)})
+            return dict(zip(names, outs, strict=True))
         else:
             outs = self._mc().run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x, np.float32),
                                                        MC_INPUT_NAME: np.ascontiguousarray(trunk_scale, np.float32)})
@@ -877,9 +897,9 @@ class Segmenter:
         return self._mc_session
 
     def _instances(self, x: np.ndarray, out: dict[str, np.ndarray], rgb: np.ndarray, depth_m: np.ndarray,
-                   Km: np.ndarray, params: dict[str, Any]) -> Instances:
+                   Km: np.ndarray, params: dict[str, Any], latent_rng: np.random.Generator | None = None) -> Instances:
         """Proposals from the heads `out` of network input x (its valid and height channels give the
-        table gate)."""
+        table gate). latent_rng: decode every seed with its own prior sample (latent exports)."""
         pp = {**self.proposal_params, **params}
         Hn, Wn = self.input_size
         H, W = rgb.shape[:2]
@@ -887,7 +907,8 @@ class Segmenter:
         table = table_pixels(x[0, 7] * self.height[0], x[0, 6] > 0.5, None if gate is None else float(gate))
         masks, scores, pts, n_seeds = propose_from_heads(
             out["objectness"], out["features"], out["kernels"], (Hn, Wn), self.dyn_hidden, self.coord_scale,
-            output_size=(H, W), table=table, **pp,
+            output_size=(H, W), table=table,
+            latent=None if latent_rng is None else (out[LATENT_OUTPUT], self.latent_weight, latent_rng), **pp,
         )
         if (H, W) != (Hn, Wn):
             pts = pts.copy()
@@ -920,8 +941,9 @@ class Segmenter:
         [(masks (n, H, W) bool, scores (n,) float32)]. Sample 0 is `predict` itself (for "tta" unless
         tta.include_identity is off). The same (frame, samples, seed, sampler settings) give the same
         samples. sampler: "mc_dropout" (channel dropout with `dropout_rate` on the head trunk; needs
-        the MC graph of the export) or "tta" (settings `tta`). params: proposal overrides as for
-        `predict`."""
+        the MC graph of the export), "tta" (settings `tta`) or "latent" (one network pass, every seed
+        decoded with its own draw from the latent prior; latent exports only). params: proposal
+        overrides as for `predict`."""
         bad = set(params) - set(_PROPOSAL_KEYS)
         if bad:
             raise TypeError(f"unknown proposal parameters {sorted(bad)}; expected some of {_PROPOSAL_KEYS}")
@@ -929,6 +951,18 @@ class Segmenter:
             raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if sampler == "latent":
+            if self.latent_weight is None:
+                raise ModelError("this export has no latent code (trained with latent_dim = 0); "
+                                 "use sampler='tta' or 'mc_dropout'")
+            x, rgb_v, depth_m, Km = self.prepare(rgb, depth, K)
+            heads = self.run_network(x)
+            rng = np.random.default_rng([int(seed), 2])  # learner.hypotheses.propose_latent_samples draws the same
+            out = []
+            for i in range(int(samples)):
+                inst = self._instances(x, heads, rgb_v, depth_m, Km, params, latent_rng=None if i == 0 else rng)
+                out.append((inst.masks, inst.scores))
+            return out
         if sampler == "mc_dropout":
             if not (isinstance(dropout_rate, int | float) and 0.0 <= dropout_rate < 1.0):
                 raise ValueError(f"dropout_rate must lie in [0, 1), got {dropout_rate!r}")

@@ -81,9 +81,11 @@ class TrainConfig:
     mask_loss_stride: int = 4  # 4: mask loss at the mask head's resolution; 1: at full input resolution
     # latent models (SegmenterConfig.latent_dim > 0; Latent-MaskRCNN): masks are decoded with a sample of the
     # posterior q(z | image, query, mask), plus kl_weight * KL(q || prior) per query, the weight ramped up
-    # linearly over the first kl_warmup_steps (KL warm-up)
+    # linearly over the first kl_warmup_steps (KL warm-up); the posterior's KL is free below kl_free_nats
+    # while the prior is always trained towards the posterior (see Trainer._posterior_sample)
     kl_weight: float = 0.1
     kl_warmup_steps: int = 200
+    kl_free_nats: float = 1.0  # "free bits": the batch-mean KL is not penalised below this (against posterior collapse)
     seed: int = 0
     num_threads: int = 2
     log_every: int = 10
@@ -101,6 +103,8 @@ class TrainConfig:
             raise ValueError(f"pseudo_fraction must be in [0, 1], got {self.pseudo_fraction}")
         if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0) or self.kl_warmup_steps < 0:
             raise ValueError("kl_weight must be finite and >= 0 and kl_warmup_steps >= 0")
+        if not (math.isfinite(self.kl_free_nats) and self.kl_free_nats >= 0):
+            raise ValueError(f"kl_free_nats must be finite and >= 0, got {self.kl_free_nats}")
 
 
 def _flip(img: TrainImage) -> TrainImage:
@@ -227,6 +231,7 @@ class Trainer:
                        np.stack([im.K for im in images]))
         out = self.model(self._jitter(x))
         terms: dict[str, torch.Tensor] = {}
+        stats: dict[str, float] = {}  # logged, not part of the loss
 
         # decoded masks
         bidx, pts, tgt = [], [], []
@@ -247,7 +252,7 @@ class Trainer:
                 target = F.interpolate(target[:, None].float(), size=out["objectness"].shape[-2:], mode="area")[:, 0] >= 0.5
             z = None
             if self.model.config.latent_dim > 0:
-                z, terms["kl"] = self._posterior_sample(out, bt, pt, target, (H, W))
+                z, terms["kl"], stats["kl_nats"] = self._posterior_sample(out, bt, pt, target, (H, W))
             logits = self.model.decode(out, bt, pt, upsample=full_res, image_size=(H, W), latent_z=z)
             if cfg.loss == "robust":
                 # Pathak's robust target (the closest set to the prediction with IoU >= tau), trained with
@@ -287,19 +292,26 @@ class Trainer:
                 terms["association"] = cfg.association_weight * torch.stack(assoc).mean()
 
         total = sum(terms.values())
-        return total, {k: float(v.detach()) for k, v in terms.items()}
+        return total, {**{k: float(v.detach()) for k, v in terms.items()}, **stats}
 
     def _posterior_sample(self, out: dict[str, torch.Tensor], bidx: torch.Tensor, pts: torch.Tensor,
-                          target: torch.Tensor, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """z ~ q(z | image, query, target mask) (reparameterised) and the weighted KL(q || prior), mean over
-        queries (nats, summed over the Z dimensions)."""
+                          target: torch.Tensor, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """z ~ q(z | image, query, target mask) (reparameterised), the KL loss term and the KL(q || prior) in
+        nats (mean over queries, summed over the Z dimensions)."""
         mu_q, lv_q = self.model.posterior_params(out, bidx, pts, target, image_size)
         mu_p = sample_at_points(out["prior_mu"], bidx, pts, image_size)
         lv_p = sample_at_points(out["prior_logvar"], bidx, pts, image_size)
         z = mu_q + torch.exp(0.5 * lv_q) * torch.randn_like(mu_q)
-        kl = 0.5 * (lv_p - lv_q + (torch.exp(lv_q) + (mu_q - mu_p) ** 2) * torch.exp(-lv_p) - 1.0).sum(1).mean()
+        def kl(mq: torch.Tensor, lq: torch.Tensor, mp: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
+            return 0.5 * (lp - lq + (torch.exp(lq) + (mq - mp) ** 2) * torch.exp(-lp) - 1.0).sum(1).mean()
+
+        # KL balancing: the posterior pays only above the free nats; the prior always learns to cover the
+        # posterior codes (otherwise free bits would also freeze the prior that test-time samples come from)
+        kl_post = kl(mu_q, lv_q, mu_p.detach(), lv_p.detach())
+        kl_prior = kl(mu_q.detach(), lv_q.detach(), mu_p, lv_p)
         ramp = min(1.0, (self.step + 1) / self.cfg.kl_warmup_steps) if self.cfg.kl_warmup_steps else 1.0
-        return z, self.cfg.kl_weight * ramp * kl
+        term = self.cfg.kl_weight * ramp * (torch.clamp(kl_post, min=self.cfg.kl_free_nats) + kl_prior)
+        return z, term, float(kl_post.detach())
 
     def _lr(self, step: int, total: int) -> float:
         cfg = self.cfg
@@ -379,11 +391,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latent-dim", type=int, default=0,
                     help="Z of the per-query latent code (Latent-MaskRCNN; 0 = the plain model)")
     ap.add_argument("--kl-weight", type=float, default=TrainConfig.kl_weight)
+    ap.add_argument("--kl-free-nats", type=float, default=TrainConfig.kl_free_nats)
     a = ap.parse_args(argv)
     cfg = TrainConfig(steps=a.steps, time_budget_s=a.time_budget, batch_size=a.batch_size, loss=a.loss, tau=a.tau,
                       pseudo_sequences=not a.no_pseudo, table_prior=not a.no_table_prior, seed=a.seed,
                       propagate_labels=not a.no_propagation,
-                      mask_loss_stride=a.mask_loss_stride, num_threads=a.threads, kl_weight=a.kl_weight)
+                      mask_loss_stride=a.mask_loss_stride, num_threads=a.threads, kl_weight=a.kl_weight,
+                      kl_free_nats=a.kl_free_nats)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, SegmenterConfig(latent_dim=a.latent_dim), oracle=a.oracle_scenes is not None)

@@ -93,3 +93,26 @@ def test_latent_sampler_prior_mean_first_seeded_and_different(latent_model, fram
     plain = PointSegmenter(SegmenterConfig(stem_width=8, widths=(16, 16, 32), depths=(1, 1, 1), fpn_width=16)).eval()
     copies = propose_latent_samples(plain, rgb, depth, K, samples=2)
     assert np.array_equal(copies[0][0], copies[1][0])
+
+
+def test_exported_latent_model_samples_like_torch(latent_model, frame, tmp_path):
+    from learner.segmenter_runtime import Segmenter
+
+    torch.save({"model": latent_model.state_dict(), "model_config": latent_model.config.to_dict(), "step": 0},
+               tmp_path / "last.pt")
+    card = deploy.export(tmp_path / "last.pt", tmp_path / "export", size_hw=(128, 160))
+    assert card["latent"]["dim"] == LATENT.latent_dim
+    seg = Segmenter.load(tmp_path / "export", threads=1)
+    rgb, depth, K = frame
+    ref = sampling.sample_hypotheses(latent_model, rgb, depth, K, sampling.SamplerConfig(method="latent", samples=3, seed=7))
+    got = seg.predict_samples(rgb, depth, K, samples=3, seed=7, sampler="latent")
+    assert any(not np.array_equal(got[0][0], g[0]) for g in got[1:])  # the samples differ
+    for (rm, rs), (gm, gs) in zip(ref, got, strict=True):
+        assert rm.shape == gm.shape
+        assert (rm != gm).sum() <= 0.001 * rm.size  # pixels within float rounding of the threshold
+        np.testing.assert_allclose(rs, gs, atol=1e-4)
+    # the plain (mean) prediction is unchanged by the latent outputs
+    mean = seg.predict(rgb, depth, K)
+    assert np.array_equal(mean.masks, got[0][0])
+    inst = seg.predict_distributional(rgb, depth, K, mode="confidence", p=0.9, samples=4, sampler="latent")
+    assert inst.info["sampler"] == "latent"

@@ -181,6 +181,15 @@ def exported(tiny, tmp_path_factory):
     return root / "export"
 
 
+def test_latent_sampler_needs_a_latent_export(exported, frame):
+    from learner.segmenter_runtime import ModelError
+
+    seg = Segmenter.load(exported, threads=1)
+    assert seg.latent_weight is None
+    with pytest.raises(ModelError, match="no latent code"):
+        seg.predict_samples(*frame, samples=2, sampler="latent")
+
+
 def test_deploy_confidence_mode_runs_and_stays_inside_the_samples(exported, frame, tmp_path, capsys):
     rgb, depth, K = frame
     d = tmp_path / "in"
