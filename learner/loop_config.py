@@ -46,6 +46,7 @@ class ModelSchema:
     depths: list[int] = field(default_factory=lambda: [1, 2, 2])
     fpn_width: int = 64
     embed_dim: int = 16
+    latent_dim: int = 8  # Latent-MaskRCNN code per query (0 = the plain network)
 
 
 @dataclass
@@ -108,6 +109,9 @@ def validate(cfg: Any) -> None:
     _check(lr.batch_size >= 1, "learner.batch_size", f"must be >= 1, got {lr.batch_size}")
     _check(lr.lr > 0, "learner.lr", f"must be > 0, got {lr.lr}")
     _check(0 <= lr.pseudo_fraction <= 1, "learner.pseudo_fraction", f"must be in [0, 1], got {lr.pseudo_fraction}")
+    _check(lr.model.latent_dim >= 0, "learner.model.latent_dim", f"must be >= 0 (0 = no latent code), got {lr.model.latent_dim}")
+    _check(lr.kl_weight >= 0, "learner.kl_weight", f"must be >= 0, got {lr.kl_weight}")
+    _check(lr.kl_free_nats >= 0, "learner.kl_free_nats", f"must be >= 0, got {lr.kl_free_nats}")
     ag = cfg.agent
     _check(ag.selection in ("uniform", "uncertain"), "agent.selection", f"must be uniform or uncertain, got {ag.selection!r}")
     _check(ag.primitive in ("poke", "grasp", "alternate", "learned"), "agent.primitive",

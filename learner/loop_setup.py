@@ -42,7 +42,7 @@ def build_loop(cfg: DictConfig, run_dir: str) -> InteractiveLoop:
     validate(cfg)
     m = cfg.learner.model
     model_cfg = SegmenterConfig(stem_width=m.stem_width, widths=tuple(m.widths), depths=tuple(m.depths),
-                                fpn_width=m.fpn_width, embed_dim=m.embed_dim)
+                                fpn_width=m.fpn_width, embed_dim=m.embed_dim, latent_dim=m.latent_dim)
     train_cfg = to_dataclass(TrainConfig, cfg.learner)
     train_cfg.seed = int(cfg.loop.seed)
     return InteractiveLoop(

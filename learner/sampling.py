@@ -8,12 +8,18 @@ Samplers (`SamplerConfig.method`):
   `model.<dropout_module>` (default the shared head trunk, right before the three heads), applied
   with a forward hook, so the model code is untouched. The model was not trained with dropout. The
   deploy runtime does the same with an exported graph that takes the channel factors as an input.
+- "latent" (latent models only, `SegmenterConfig.latent_dim > 0`; Latent-MaskRCNN Sec. III): one
+  network pass; in each sample every seed is decoded with its own draw z ~ p(z | image, seed) of the
+  learned prior (`learner.hypotheses.propose_latent_samples`). Cheap (k decodes, not k passes), but
+  the trained codes carry under one nat, so its samples differ little (docs/benchmarks.md).
+- "tta_latent": TTA views, each decoded with its own latent draws.
 Why TTA is the default (val, docs/benchmarks.md "Distributional hypotheses on val"): with the cleaned
 proposals of the BCE-trained model, channel-dropout samples agree even on merged masks (pixel
 agreement 0.90), so their intersection shrinks good masks and keeps the merges: the double-pick
 rate went up. TTA samples disagree where two objects touch, and p = 0.9 masks halved the double-pick
 rate at 0.82x the pickable area. (With the first, robust-loss model and uncleaned masks it was the
-other way round: TTA samples disagreed almost everywhere.)
+other way round: TTA samples disagreed almost everywhere.) On latent models TTA also beat the latent
+sampler and tta_latent on val (docs/benchmarks.md "Latent code on val").
 
 Modes of `predict`:
 - "mean": the prior-mean prediction (Sec. IV-D) = the plain single forward pass, exactly

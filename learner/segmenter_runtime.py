@@ -34,11 +34,13 @@ network, `learner.hypotheses.propose_from_output`, the final nearest-exact resiz
 Distributional predictions (`Segmenter.predict_distributional`, Latent-MaskRCNN Sec. IV): k samples
 of hypotheses, turned into p-confidence masks (contained in masks of >= ceil(k p) samples, disjoint;
 high precision, fewer double picks) or Union-NMS masks (high recall) by `learner.mask_sets`. mode
-"mean" is `predict` (the prior mean). Samplers: "mc_dropout" (default) runs the exported MC graph
+"mean" is `predict` (the prior mean). Samplers: "mc_dropout" runs the exported MC graph
 (`segmenter_mc.onnx`: the network with its head-trunk output multiplied by a per-channel input) with
 Bernoulli(1 - rate) / (1 - rate) channel factors, i.e. `F.dropout2d` as `learner.sampling` applies
-it in torch; "tta" perturbs the frame (`learner.tta`: flip / zoom / shift with K updated
-consistently, RGB gain, depth noise) and maps the masks back.
+it in torch; "tta" (the default) perturbs the frame (`learner.tta`: flip / zoom / shift with K updated
+consistently, RGB gain, depth noise) and maps the masks back; "latent" (latent exports, card key
+"latent") runs the network once and decodes every seed with its own draw from the learned prior
+(kernel parameters + weight @ (sigma(p) * eps)); "tta_latent" does both.
 
 Agreement with torch: the preprocessing is bit-identical when shrinking (the usual case, e.g.
 640x480 -> 320x240); when enlarging, bilinear values can differ by 1 ulp, which flips a uint8
@@ -70,7 +72,7 @@ OUTPUT_NAMES = ("objectness", "features", "kernels")
 MC_ONNX_NAME = "segmenter_mc.onnx"  # the same network with a per-channel factor on the head trunk (MC dropout)
 MC_INPUT_NAME = "trunk_scale"
 LATENT_OUTPUT = "prior_logvar"  # extra graph output of latent models (card "latent")
-SAMPLERS = ("tta", "mc_dropout", "latent")  # predict_samples / predict_distributional samplers, default first
+SAMPLERS = ("tta", "mc_dropout", "latent", "tta_latent")  # predict_samples / predict_distributional samplers, default first
 DEFAULT_DROPOUT_RATE = 0.1
 
 # plausibility limits for the depth unit check
@@ -941,9 +943,9 @@ class Segmenter:
         [(masks (n, H, W) bool, scores (n,) float32)]. Sample 0 is `predict` itself (for "tta" unless
         tta.include_identity is off). The same (frame, samples, seed, sampler settings) give the same
         samples. sampler: "mc_dropout" (channel dropout with `dropout_rate` on the head trunk; needs
-        the MC graph of the export), "tta" (settings `tta`) or "latent" (one network pass, every seed
-        decoded with its own draw from the latent prior; latent exports only). params: proposal
-        overrides as for `predict`."""
+        the MC graph of the export), "tta" (settings `tta`), "latent" (one network pass, every seed
+        decoded with its own draw from the latent prior; latent exports only) or "tta_latent" (both:
+        every TTA view with its own latent draws). params: proposal overrides as for `predict`."""
         bad = set(params) - set(_PROPOSAL_KEYS)
         if bad:
             raise TypeError(f"unknown proposal parameters {sorted(bad)}; expected some of {_PROPOSAL_KEYS}")
@@ -951,10 +953,10 @@ class Segmenter:
             raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if sampler in ("latent", "tta_latent") and self.latent_weight is None:
+            raise ModelError(f"sampler {sampler!r}: this export has no latent code (trained with latent_dim = 0); "
+                             "use sampler='tta' or 'mc_dropout'")
         if sampler == "latent":
-            if self.latent_weight is None:
-                raise ModelError("this export has no latent code (trained with latent_dim = 0); "
-                                 "use sampler='tta' or 'mc_dropout'")
             x, rgb_v, depth_m, Km = self.prepare(rgb, depth, K)
             heads = self.run_network(x)
             rng = np.random.default_rng([int(seed), 2])  # learner.hypotheses.propose_latent_samples draws the same
@@ -984,9 +986,16 @@ class Segmenter:
             return out
         rgb, depth_m, Km = check_inputs(rgb, depth, K)
         transforms = make_transforms(int(samples), tta, seed)
+        lat_rng, calls = np.random.default_rng([int(seed), 2]), [0]
 
         def fn(r: np.ndarray, d: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            inst = self.predict(r, d, k, **params)
+            if sampler == "tta":
+                inst = self.predict(r, d, k, **params)
+            else:  # tta_latent: every view decoded with its own latent draw, the identity view with the mean
+                first = calls[0] == 0 and transforms[0].is_identity
+                calls[0] += 1
+                x, rv, dm, kv = self.prepare(r, d, k)
+                inst = self._instances(x, self.run_network(x), rv, dm, kv, params, None if first else lat_rng)
             return inst.masks, inst.scores
 
         return sample_with_transforms(fn, rgb, depth_m, Km, transforms)

@@ -86,6 +86,7 @@ class TrainConfig:
     kl_weight: float = 0.1
     kl_warmup_steps: int = 200
     kl_free_nats: float = 1.0  # "free bits": the batch-mean KL is not penalised below this (against posterior collapse)
+    kl_balance: bool = True  # also train the prior towards the posterior inside the free nats (else it learns only above)
     seed: int = 0
     num_threads: int = 2
     log_every: int = 10
@@ -307,9 +308,12 @@ class Trainer:
 
         # KL balancing: the posterior pays only above the free nats; the prior always learns to cover the
         # posterior codes (otherwise free bits would also freeze the prior that test-time samples come from)
+        ramp = min(1.0, (self.step + 1) / self.cfg.kl_warmup_steps) if self.cfg.kl_warmup_steps else 1.0
+        if not self.cfg.kl_balance:  # plain free bits: below the free nats neither side gets a KL gradient
+            kl_qp = kl(mu_q, lv_q, mu_p, lv_p)
+            return z, self.cfg.kl_weight * ramp * torch.clamp(kl_qp, min=self.cfg.kl_free_nats), float(kl_qp.detach())
         kl_post = kl(mu_q, lv_q, mu_p.detach(), lv_p.detach())
         kl_prior = kl(mu_q.detach(), lv_q.detach(), mu_p, lv_p)
-        ramp = min(1.0, (self.step + 1) / self.cfg.kl_warmup_steps) if self.cfg.kl_warmup_steps else 1.0
         term = self.cfg.kl_weight * ramp * (torch.clamp(kl_post, min=self.cfg.kl_free_nats) + kl_prior)
         return z, term, float(kl_post.detach())
 
@@ -388,16 +392,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mask-loss-stride", type=int, default=TrainConfig.mask_loss_stride, choices=[1, 4])
     ap.add_argument("--threads", type=int, default=TrainConfig.num_threads)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--latent-dim", type=int, default=0,
-                    help="Z of the per-query latent code (Latent-MaskRCNN; 0 = the plain model)")
+    ap.add_argument("--latent-dim", type=int, default=SegmenterConfig.latent_dim,
+                    help="Z of the per-query latent code (Latent-MaskRCNN; 0 = the plain network)")
     ap.add_argument("--kl-weight", type=float, default=TrainConfig.kl_weight)
     ap.add_argument("--kl-free-nats", type=float, default=TrainConfig.kl_free_nats)
+    ap.add_argument("--no-kl-balance", action="store_true", help="plain free bits: no prior training inside the free nats")
     a = ap.parse_args(argv)
     cfg = TrainConfig(steps=a.steps, time_budget_s=a.time_budget, batch_size=a.batch_size, loss=a.loss, tau=a.tau,
                       pseudo_sequences=not a.no_pseudo, table_prior=not a.no_table_prior, seed=a.seed,
                       propagate_labels=not a.no_propagation,
                       mask_loss_stride=a.mask_loss_stride, num_threads=a.threads, kl_weight=a.kl_weight,
-                      kl_free_nats=a.kl_free_nats)
+                      kl_free_nats=a.kl_free_nats, kl_balance=not a.no_kl_balance)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, SegmenterConfig(latent_dim=a.latent_dim), oracle=a.oracle_scenes is not None)

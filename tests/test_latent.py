@@ -64,6 +64,7 @@ def test_posterior_sees_the_mask_and_old_configs_load(latent_model):
         mu, logvar = latent_model.posterior_params(out, b, pts, masks, (64, 64))
     assert mu.shape == (3, LATENT.latent_dim) and logvar.shape == (3, LATENT.latent_dim)
     assert not torch.allclose(mu[0], mu[1])  # a different mask for the same query -> a different code
+    # a checkpoint from before the latent code (no latent keys) is the plain network
     plain = SegmenterConfig.from_dict({k: v for k, v in LATENT.to_dict().items() if k not in ("latent_dim", "posterior_hidden")})
     assert plain.latent_dim == 0 and not hasattr(build_model(plain), "posterior")
     with pytest.raises(ValueError, match="no latent code"):
@@ -90,7 +91,8 @@ def test_latent_sampler_prior_mean_first_seeded_and_different(latent_model, fram
         inside = sum(any((cm & ~sm).sum() == 0 for sm in ms) for ms, _ in smp)
         assert inside >= 3
     # a model without a latent code gives k copies of its plain prediction
-    plain = PointSegmenter(SegmenterConfig(stem_width=8, widths=(16, 16, 32), depths=(1, 1, 1), fpn_width=16)).eval()
+    plain = PointSegmenter(SegmenterConfig(stem_width=8, widths=(16, 16, 32), depths=(1, 1, 1), fpn_width=16,
+                                           latent_dim=0)).eval()
     copies = propose_latent_samples(plain, rgb, depth, K, samples=2)
     assert np.array_equal(copies[0][0], copies[1][0])
 
@@ -111,6 +113,11 @@ def test_exported_latent_model_samples_like_torch(latent_model, frame, tmp_path)
         assert rm.shape == gm.shape
         assert (rm != gm).sum() <= 0.001 * rm.size  # pixels within float rounding of the threshold
         np.testing.assert_allclose(rs, gs, atol=1e-4)
+    ref_c = sampling.sample_hypotheses(latent_model, rgb, depth, K,
+                                       sampling.SamplerConfig(method="tta_latent", samples=3, seed=7))
+    got_c = seg.predict_samples(rgb, depth, K, samples=3, seed=7, sampler="tta_latent")
+    for (rm, rs), (gm, gs) in zip(ref_c, got_c, strict=True):
+        assert rm.shape == gm.shape and (rm != gm).sum() <= 0.002 * rm.size
     # the plain (mean) prediction is unchanged by the latent outputs
     mean = seg.predict(rgb, depth, K)
     assert np.array_equal(mean.masks, got[0][0])

@@ -17,7 +17,8 @@ from learner.model import PointSegmenter, SegmenterConfig
 from learner.segmenter_runtime import Segmenter, interior_points
 from learner.tta import FrameTransform, TTAConfig, make_transforms, sample_with_transforms
 
-TINY = SegmenterConfig(stem_width=8, widths=(16, 16, 32), depths=(1, 1, 1), fpn_width=16)
+# the plain network (no latent code): the latent sampler is tested in tests/test_latent.py
+TINY = SegmenterConfig(stem_width=8, widths=(16, 16, 32), depths=(1, 1, 1), fpn_width=16, latent_dim=0)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -281,7 +282,7 @@ def test_runtime_mc_dropout_graph_is_torch_dropout_on_the_trunk(tiny, exported, 
         assert np.abs(got[k] - ref[k].numpy()).max() < 1e-4
     ones = seg.run_network(x, np.ones((1, C, 1, 1), np.float32))
     plain = seg.run_network(x)
-    assert all(np.abs(ones[k] - plain[k]).max() < 1e-5 for k in plain)
+    assert all(np.abs(ones[k] - plain[k]).max() < 1e-5 for k in ones)
     smp = seg.predict_samples(rgb, depth, K, samples=4, seed=2, sampler="mc_dropout")
     inst = seg.predict(rgb, depth, K)
     assert np.array_equal(smp[0][0], inst.masks) and np.array_equal(smp[0][1], inst.scores)
