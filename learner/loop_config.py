@@ -46,7 +46,7 @@ class ModelSchema:
     depths: list[int] = field(default_factory=lambda: [1, 2, 2])
     fpn_width: int = 64
     embed_dim: int = 16
-    latent_dim: int = 8  # Latent-MaskRCNN code per query (0 = the plain network)
+    latent_dim: int = 0  # Latent-MaskRCNN code per query (0 = the plain network; 8 is what was measured)
 
 
 @dataclass

@@ -35,8 +35,9 @@ class SegmenterConfig:
     norm: str = "bn"  # "bn" (BatchNorm, fuses away at deploy) or "gn" (GroupNorm)
     objectness_prior: float = 0.1  # initial sigmoid(objectness)
     # Z of the per-query latent code (Latent-MaskRCNN; 0 = none, the plain network). See PointSegmenter and
-    # docs/design.md "Latent code"; 8 was chosen on val (docs/benchmarks.md "Latent code on val")
-    latent_dim: int = 8
+    # docs/design.md "Latent code". Off by default: on val it gave no gain beyond seed-to-seed noise
+    # (docs/benchmarks.md "Latent code on val")
+    latent_dim: int = 0
     posterior_hidden: int = 32  # hidden units of the posterior encoder q(z | image, query, mask)
     extra: dict = field(default_factory=dict)  # free-form, stored with checkpoints
 

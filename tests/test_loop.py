@@ -39,7 +39,8 @@ def interaction_indices(run_dir: Path) -> list[int]:
 
 def test_smoke_run_then_resume(tmp_path):
     run = tmp_path / "run"
-    r = run_loop(run, "loop.interactions=14", "loop.update_interval=10", "loop.train_steps=2")
+    # a latent-code model (Latent-MaskRCNN) through the whole loop: training with the posterior and KL
+    r = run_loop(run, "loop.interactions=14", "loop.update_interval=10", "loop.train_steps=2", "learner.model.latent_dim=4")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Summary" in r.stdout and "deployable model" in r.stdout
     with InteractionLog.open(run / "interactions.zarr", "r") as log:
@@ -48,7 +49,9 @@ def test_smoke_run_then_resume(tmp_path):
     assert set(np.unique(labels)) <= {0, 1, 2} and (labels == 1).any()
     assert (run / "checkpoints" / "last.pt").exists()
     ckpt = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-    assert ckpt["model_version"] >= 1 and ckpt["step"] >= 2
+    assert ckpt["model_version"] >= 1 and ckpt["step"] >= 2 and ckpt["model_config"]["latent_dim"] == 4
+    train_rows = [m for m in metrics(run) if m["kind"] == "train"]
+    assert train_rows and all(np.isfinite(m["kl_nats"]) and m["kl_nats"] >= 0 for m in train_rows)
     model = torch.load(run / "model" / "segmenter.pt", map_location="cpu", weights_only=True)
     assert "model" in model and model["interactions"] == 14
     kinds = {m["kind"] for m in metrics(run)}
@@ -57,7 +60,7 @@ def test_smoke_run_then_resume(tmp_path):
 
     # same command, same run directory, a larger target: continues where it stopped (grasping
     # p-confidence masks of the trained model this time: exercises the agent's sampling hook)
-    r = run_loop(run, "loop.interactions=20", "loop.update_interval=10", "loop.train_steps=2",
+    r = run_loop(run, "loop.interactions=20", "loop.update_interval=10", "loop.train_steps=2", "learner.model.latent_dim=4",
                  "agent.primitive=grasp", "agent.exploration=0", "agent.grasp_confidence_p=0.5",
                  "agent.grasp_confidence_samples=2")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -111,6 +114,7 @@ def test_sigkill_then_restart_loses_nothing_committed(tmp_path):
         ("loop.interactions=-3", "loop.interactions"),
         ("loop.interactionz=5", "interactionz"),
         ("learner.tau=1.5", "learner.tau"),
+        ("learner.model.latent_dim=-1", "learner.model.latent_dim"),
         ("agent.selection=greedy", "agent.selection"),
     ],
 )
