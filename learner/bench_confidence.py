@@ -124,14 +124,30 @@ def _double_pick(scene, masks: np.ndarray, scores: np.ndarray, cfg: BenchConfig,
     )
 
 
+def ensemble_samples(models: Sequence[torch.nn.Module], rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
+                     k: int, tta: TTAConfig | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k samples from several models (a deep ensemble, e.g. training seeds): the k TTA views are split
+    as evenly as possible over the models (model j: its own views, seed j, the identity view first)."""
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    n = len(models)
+    for j, m in enumerate(models):
+        kj = k // n + (1 if j < k % n else 0)
+        if kj:
+            out += sample_hypotheses(m, rgb, depth, K, SamplerConfig(method="tta", samples=kj, seed=j,
+                                                                     tta=tta or TTAConfig()))
+    return out
+
+
 def evaluate_scenes(
     model: torch.nn.Module,
     scenes_dir: str | Path,
     cfg: BenchConfig,
     limit: int | None = None,
     progress: Callable[[str], None] | None = None,
+    members: Sequence[torch.nn.Module] = (),
 ) -> dict[str, Any]:
-    """Double-pick rate / pickable area per method, diversity per sampler, torch latency."""
+    """Double-pick rate / pickable area per method, diversity per sampler, torch latency.
+    members: more models; if given, an "ensemble" sampler splits the k TTA views over model + members."""
     cfg.validate()
     ids = scene_io.list_scenes(scenes_dir)[: limit if limit else None]
     if not ids:
@@ -156,6 +172,9 @@ def evaluate_scenes(
             scfg = SamplerConfig(**{**asdict(scfg), "tta": TTAConfig(**asdict(scfg.tta)), "samples": cfg.samples})
             samples_by[name] = timed(f"sample/{name}",
                                      lambda s=scfg, f=sc: sample_hypotheses(model, f.rgb, f.depth, f.K, s))
+        if members:
+            samples_by["ensemble"] = timed("sample/ensemble", lambda f=sc: ensemble_samples(
+                [model, *members], f.rgb, f.depth, f.K, cfg.samples))
         # the single model = sample 0 of any sampler with include_mean (identical to propose); else run it
         first = next(iter(cfg.samplers.values()))
         if first.include_mean:
@@ -394,7 +413,7 @@ def _plot_panel(ax: Any, m: dict[str, Any], res: dict[str, Any], key: str, title
     ax.plot(xs, ys, "s--", color="tab:gray", label="single prediction (score threshold t)")
     for (t, _), x, y in zip(single, xs, ys, strict=True):
         ax.annotate(f"t={t:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="tab:gray")
-    colors = {"mc_dropout": "tab:orange", "tta": "tab:blue", "latent": "tab:green"}
+    colors = {"mc_dropout": "tab:orange", "tta": "tab:blue", "latent": "tab:green", "ensemble": "tab:red"}
     for sampler in res["eval"]["diversity"]:
         for label, style in (("confidence", "o-"), ("confidence-greedy", "x:"), ("confidence-nested", "x:")):
             pts = sorted((float(k.split("p=")[1]), v) for k, v in m.items() if k.startswith(f"{label}/{sampler}/"))
@@ -441,7 +460,9 @@ def _floats(s: str) -> tuple[float, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="checkpoint file or run directory")
+    ap.add_argument("--model", required=True,
+                    help="checkpoint file or run directory; several, comma-separated, add an 'ensemble' sampler "
+                         "(k TTA views split over the models; the first model is the single-prediction reference)")
     ap.add_argument("--scenes", required=True, help="held-out exported scenes (with labels)")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--limit", type=int, default=None, help="only the first N scenes")
@@ -471,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(a.threads)
     try:
-        model, _ = load_model(a.model)
+        model, *members = [load_model(p)[0] for p in a.model.split(",")]
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=__import__("sys").stderr)
         return 2
@@ -490,13 +511,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "config": {**{k: v for k, v in asdict(cfg).items() if k != "samplers"},
                                       "samplers": {k: asdict(v) for k, v in samplers.items()}},
                            "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-    res["eval"] = evaluate_scenes(model, a.scenes, cfg, a.limit, progress=lambda s: print(s, flush=True))
+    res["eval"] = evaluate_scenes(model, a.scenes, cfg, a.limit, progress=lambda s: print(s, flush=True),
+                                  members=members)
     headline = next(iter(samplers))
     res["goal"] = goal_check(res, headline)
     if not a.no_onnx:
         from learner.deploy import resolve_checkpoint
 
-        ckpt, _ = resolve_checkpoint(a.model)
+        ckpt, _ = resolve_checkpoint(a.model.split(",")[0])
         res["onnx_latency"] = onnx_latency(ckpt, Path(a.scenes), out / "onnx", a.samples, a.goal_p, a.onnx_frames)
     if a.sim_scenes > 0:
         from learner.sampling import predict

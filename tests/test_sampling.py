@@ -349,3 +349,19 @@ def test_confidence_of_torch_samples_is_contained(tiny, frame):
     assert len(res) > 0
     for c in res.masks:
         assert sum(any(not (c & ~m).any() for m in ms) for ms, _ in smp) >= 2
+
+
+def test_ensemble_samples_split_the_views_over_the_models(tiny, frame):
+    from learner.bench_confidence import ensemble_samples
+
+    rgb, depth, K = frame
+    torch.manual_seed(5)
+    other = PointSegmenter(TINY).eval()
+    with torch.no_grad():
+        other.obj_head.bias.fill_(1.0)
+    smp = ensemble_samples([tiny, other], rgb, depth, K, 5)
+    assert len(smp) == 5
+    for i, m in ((0, tiny), (3, other)):  # each member's identity view opens its share (3 + 2)
+        ref_m, ref_s = propose(m, rgb, depth, K)
+        assert np.array_equal(smp[i][0], ref_m) and np.array_equal(smp[i][1], ref_s)
+    assert not np.array_equal(smp[0][0], smp[3][0])
