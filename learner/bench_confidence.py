@@ -45,7 +45,7 @@ import torch
 from data import scene_io
 from learner import metrics
 from learner.mask_sets import ConfidenceConfig, confidence_masks, prepare_samples, sample_diversity, union_nms
-from learner.sampling import METHODS, SamplerConfig, sample_hypotheses
+from learner.sampling import METHODS, SamplerConfig, ensemble_samples, sample_hypotheses
 from learner.tta import TTAConfig
 
 DEFAULT_PS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -122,20 +122,6 @@ def _double_pick(scene, masks: np.ndarray, scores: np.ndarray, cfg: BenchConfig,
         scene.label, flat, scene.K, scene.depth, gripper_radius_m=cfg.gripper_radius_m,
         n_samples=cfg.n_pick_samples, rng=np.random.default_rng([cfg.seed, k]),
     )
-
-
-def ensemble_samples(models: Sequence[torch.nn.Module], rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
-                     k: int, tta: TTAConfig | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """k samples from several models (a deep ensemble, e.g. training seeds): the k TTA views are split
-    as evenly as possible over the models (model j: its own views, seed j, the identity view first)."""
-    out: list[tuple[np.ndarray, np.ndarray]] = []
-    n = len(models)
-    for j, m in enumerate(models):
-        kj = k // n + (1 if j < k % n else 0)
-        if kj:
-            out += sample_hypotheses(m, rgb, depth, K, SamplerConfig(method="tta", samples=kj, seed=j,
-                                                                     tta=tta or TTAConfig()))
-    return out
 
 
 def evaluate_scenes(

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,6 +157,23 @@ def sample_hypotheses(
             with mc_dropout(model, float(cfg.dropout_rate), cfg.dropout_module):
                 out.append(predict_fn(rgb, depth, K))
     return [(np.asarray(m, bool), np.asarray(s, np.float32)) for m, s in out]
+
+
+def ensemble_samples(models: Sequence[torch.nn.Module], rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
+                     k: int, tta: TTAConfig | None = None, **proposal_kwargs: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k samples from several models (a deep ensemble, e.g. training seeds): the k TTA views are split
+    as evenly as possible over the models, the first ones getting one more (model j: its own views
+    drawn with seed j, the identity view first). Same frame conventions as `sample_hypotheses`."""
+    if not models:
+        raise ValueError("an ensemble needs at least one model")
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    n = len(models)
+    for j, m in enumerate(models):
+        kj = k // n + (1 if j < k % n else 0)
+        if kj:
+            cfg = SamplerConfig(method="tta", samples=kj, seed=j, tta=tta or TTAConfig())
+            out += sample_hypotheses(m, rgb, depth, K, cfg, **proposal_kwargs)
+    return out
 
 
 def distributional(

@@ -352,7 +352,7 @@ def test_confidence_of_torch_samples_is_contained(tiny, frame):
 
 
 def test_ensemble_samples_split_the_views_over_the_models(tiny, frame):
-    from learner.bench_confidence import ensemble_samples
+    from learner.sampling import ensemble_samples
 
     rgb, depth, K = frame
     torch.manual_seed(5)
