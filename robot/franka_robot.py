@@ -31,7 +31,10 @@ Safety:
   retreats (Outcome.info["contact_stop"] = True);
 - every motion is wrapped: a franky `ControlException` (a reflex, a rejected motion) leads to
   `recover_from_errors()`, a slow vertical retreat, and `Outcome(executed=False,
-  reason="control_exception")`; the loop goes on and the next observation homes the arm first;
+  reason="control_exception")`; the loop goes on and the next observation homes the arm first.
+  franky's motion planner (Ruckig) can also fail mid-motion ("Motion planner failed with error code
+  -111"); franky raises that as a plain RuntimeError, and it is handled the same way with
+  reason="motion_planner_failed";
 - `dry_run=True` (the default) never connects to the arm: every planned motion is logged and the
   outcome is `executed=False, reason="dry_run"`; `confirm=True` asks the operator before the first
   motion of a session.
@@ -311,7 +314,9 @@ class FrankaRobot(Robot):
                 self._run_step(Step("home", "home", dynamics=self.cfg.dynamics_factor), {})
                 self._parked = True
                 return
-            except self._franky.ControlException as e:
+            except (self._franky.ControlException, RuntimeError) as e:
+                if isinstance(e, RuntimeError) and not self._planner_failure(e):
+                    raise
                 self._recover(e, "home")
                 if attempt == 1:
                     raise RuntimeError(f"the arm cannot reach its home pose ({e}); check the cell, then restart") from e
@@ -364,6 +369,13 @@ class FrankaRobot(Robot):
             failed = state.get("step", "?")
             self._recover(e, failed)
             return Outcome(False, "control_exception", target_robot=target, duration_s=time.perf_counter() - t0,
+                           info={"error": str(e), "failed_step": failed, "motions": state["trace"], "plan": plan})
+        except RuntimeError as e:
+            if not self._planner_failure(e):
+                raise
+            failed = state.get("step", "?")
+            self._recover(e, failed)
+            return Outcome(False, "motion_planner_failed", target_robot=target, duration_s=time.perf_counter() - t0,
                            info={"error": str(e), "failed_step": failed, "motions": state["trace"], "plan": plan})
         except (self._franky.CommandException, self._franky.GripperException) as e:
             failed = state.get("step", "?")
@@ -552,6 +564,11 @@ class FrankaRobot(Robot):
                 return
             time.sleep(0.02)
 
+    @staticmethod
+    def _planner_failure(error: BaseException) -> bool:
+        """franky's MotionPlannerException (a Ruckig failure during a motion) reaches Python as a RuntimeError."""
+        return isinstance(error, RuntimeError) and str(error).startswith("Motion planner failed")
+
     def _recover(self, error: Exception, failed_step: str) -> None:
         """After a reflex / rejected motion: automatic error recovery, then a slow vertical retreat."""
         self.recoveries += 1
@@ -571,7 +588,9 @@ class FrankaRobot(Robot):
                     self._wait_settled()
                 log.info("retreated to z = %.3f m", up[2, 3])
                 return
-            except franky.ControlException as e:
+            except (franky.ControlException, RuntimeError) as e:
+                if isinstance(e, RuntimeError) and not self._planner_failure(e):
+                    raise
                 log.error("retreat attempt %d failed: %s", attempt + 1, e)
         log.error("could not retreat after the error; the next observation will try to home the arm")
 

@@ -230,6 +230,39 @@ def test_injected_control_exception_in_a_grasp_is_recovered(franky_sim_host, mon
         assert again.executed, again.reason
 
 
+def test_motion_planner_failure_mid_motion_is_recovered(franky_sim_host, monkeypatch):
+    """franky raises a Ruckig failure as a plain RuntimeError ("Motion planner failed with error code
+    -111"); inject one into a poke's approach: a failed interaction, not a crashed loop."""
+    import franky
+
+    with FrankaRobot(fast_config(franky_sim_host)) as robot:
+        frame = robot.get_observation()
+        real_move = robot._robot.move
+        calls = []
+
+        def move(motion, *a, **k):
+            if isinstance(motion, franky.CartesianMotion):
+                calls.append(motion)
+                if len(calls) == 1:
+                    raise RuntimeError("Motion planner failed with error code -111")
+            return real_move(motion, *a, **k)
+
+        monkeypatch.setattr(robot._robot, "move", move)
+        out = robot.send_action(Action(Primitive.POKE, box_top_pixel(frame), 0.0, 0.04))
+        assert not out.executed and out.reason == "motion_planner_failed"
+        assert "-111" in out.info["error"] and robot.recoveries == 1
+        frame = robot.get_observation()  # homes first, then works again
+        assert np.max(np.abs(_joints(robot) - HOME)) < 0.02
+        assert robot.send_action(Action(Primitive.POKE, box_top_pixel(frame), 0.0, 0.04)).executed
+
+        def broken(motion, *a, **k):  # any other RuntimeError is a bug, not a failed motion: it propagates
+            raise RuntimeError("something else")
+
+        monkeypatch.setattr(robot._robot, "move", broken)
+        with pytest.raises(RuntimeError, match="something else"):
+            robot.send_action(Action(Primitive.POKE, box_top_pixel(frame), 0.0, 0.04))
+
+
 @pytest.mark.slow
 def test_run_loop_franka_end_to_end_writes_the_sim_log_schema(franky_sim_host, tmp_path):
     from data.log import SCHEMA_VERSION, InteractionLog
