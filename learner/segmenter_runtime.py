@@ -840,7 +840,12 @@ class Segmenter:
                                                 **{k: v for k, v in card_pp.items() if k in _PROPOSAL_KEYS}}
         self.model_version = card.get("model", {}).get("version")
         lat = card.get("latent")
-        self.latent_weight = None if not lat else np.asarray(lat["weight"], np.float32)  # (Kp, Z)
+        self.latent_weight = None if not lat else np.asarray(_card_get(card, "latent", "weight"), np.float32)  # (Kp, Z)
+        if self.latent_weight is not None:
+            kp = int(head.get("num_kernel_params", (self.embed_dim + 2) * self.dyn_hidden + 2 * self.dyn_hidden + 1))
+            if self.latent_weight.shape != (kp, int(_card_get(card, "latent", "dim"))):
+                raise ModelError(f"model card latent.weight has shape {self.latent_weight.shape}, expected "
+                                 f"({kp}, latent.dim); re-export the checkpoint")
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 2, allow_spinning: bool = False) -> Segmenter:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,11 @@ def test_exported_latent_model_samples_like_torch(latent_model, frame, tmp_path)
     assert np.array_equal(mean.masks, got[0][0])
     inst = seg.predict_distributional(rgb, depth, K, mode="confidence", p=0.9, samples=4, sampler="latent")
     assert inst.info["sampler"] == "latent"
+    # a card whose latent weight does not fit the dynamic head is refused when loading
+    from learner.segmenter_runtime import ModelError
+
+    bad = json.loads((tmp_path / "export" / "model_card.json").read_text())
+    bad["latent"]["weight"] = bad["latent"]["weight"][:-1]
+    (tmp_path / "export" / "model_card.json").write_text(json.dumps(bad))
+    with pytest.raises(ModelError, match="latent.weight"):
+        Segmenter.load(tmp_path / "export", threads=1)
