@@ -9,7 +9,8 @@ On held-out exported scenes (`sim.export_scenes`, label PNGs used for evaluation
   score >= t flattened into one label image (t = 0.5 is what `learner.evaluate` reports; the other
   thresholds show what a plain score knob buys);
 - p-confidence masks for every p and every sampler ("tta": test-time augmentation, the default;
-  "mc_dropout": channel dropout on the head trunk), with Alg. 1 as published (the default) and optionally
+  "mc_dropout": channel dropout on the head trunk; "latent" / "tta_latent" for latent models; "ensemble"
+  when several --model checkpoints are given), with Alg. 1 as published (the default) and optionally
   the nested variant (--compare-methods); Union-NMS of each sampler's samples;
 - for each: pooled double-pick rate and pickable-area fraction (`learner.metrics.double_pick_stats`,
   paper Sec. V-D: a gripper disk of 2 cm radius sampled inside the predicted masks; a double pick if
