@@ -250,7 +250,8 @@ def propose_latent_samples(
     x = _network_input(model, rgb, depth, K, net_size)
     model.eval()
     out = model(x)
-    rng = np.random.default_rng([int(seed), 2]) if rng is None else rng
+    if rng is None and int(samples) > int(include_mean):  # no generator for the prior mean alone (propose)
+        rng = np.random.default_rng([int(seed), 2])
     res = []
     for i in range(int(samples)):
         g = None if (i == 0 and include_mean) else rng

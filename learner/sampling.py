@@ -134,19 +134,18 @@ def sample_hypotheses(
     if cfg.method == "latent":
         out = propose_latent_samples(model, rgb, depth, K, cfg.samples, cfg.seed, cfg.include_mean, net_size, **kw)
         return [(np.asarray(m, bool), np.asarray(s, np.float32)) for m, s in out]
-    if cfg.method == "tta_latent":  # every TTA view decoded with its own latent draw (the identity view: the mean)
+    if cfg.method in ("tta", "tta_latent"):
         rng, calls = np.random.default_rng([int(cfg.seed), 2]), [0]
 
         def latent_fn(r: np.ndarray, d: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """tta_latent: every view decoded with its own latent draws (the identity view: the mean)."""
             first = calls[0] == 0 and cfg.include_mean
             calls[0] += 1
             return propose_latent_samples(model, r, d, k, 1, include_mean=first, net_size=net_size, rng=rng, **kw)[0]
 
         tcfg = TTAConfig(**{**cfg.tta.__dict__, "include_identity": cfg.include_mean})
-        return sample_with_transforms(latent_fn, rgb, depth, K, make_transforms(cfg.samples, tcfg, cfg.seed))
-    if cfg.method == "tta":
-        tcfg = TTAConfig(**{**cfg.tta.__dict__, "include_identity": cfg.include_mean})
-        return sample_with_transforms(predict_fn, rgb, depth, K, make_transforms(cfg.samples, tcfg, cfg.seed))
+        return sample_with_transforms(predict_fn if cfg.method == "tta" else latent_fn, rgb, depth, K,
+                                      make_transforms(cfg.samples, tcfg, cfg.seed))
     out = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
