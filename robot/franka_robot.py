@@ -155,12 +155,6 @@ class Step:
         return f"{self.name}: {self.kind}"
 
 
-class MotionPlannerError(RuntimeError):
-    """franky's MotionPlannerException (Ruckig failed during a motion, "Motion planner failed with error
-    code -111"), which franky raises as a plain RuntimeError; `FrankaRobot._move` re-raises it as this so
-    it is recovered from like a ControlException, while any other RuntimeError still propagates."""
-
-
 def tool_pose(xyz: np.ndarray, finger_yaw: float) -> np.ndarray:
     """Top-down hand pose at `xyz` whose fingers close along `finger_yaw` (rad about base z).
 
@@ -320,7 +314,9 @@ class FrankaRobot(Robot):
                 self._run_step(Step("home", "home", dynamics=self.cfg.dynamics_factor), {})
                 self._parked = True
                 return
-            except (self._franky.ControlException, MotionPlannerError) as e:
+            except (self._franky.ControlException, RuntimeError) as e:
+                if isinstance(e, RuntimeError) and not self._planner_failure(e):
+                    raise
                 self._recover(e, "home")
                 if attempt == 1:
                     raise RuntimeError(f"the arm cannot reach its home pose ({e}); check the cell, then restart") from e
@@ -369,11 +365,17 @@ class FrankaRobot(Robot):
         self._parked = False
         try:
             self._execute(steps, state)
-        except (self._franky.ControlException, MotionPlannerError) as e:
+        except self._franky.ControlException as e:
             failed = state.get("step", "?")
             self._recover(e, failed)
-            reason = "motion_planner_failed" if isinstance(e, MotionPlannerError) else "control_exception"
-            return Outcome(False, reason, target_robot=target, duration_s=time.perf_counter() - t0,
+            return Outcome(False, "control_exception", target_robot=target, duration_s=time.perf_counter() - t0,
+                           info={"error": str(e), "failed_step": failed, "motions": state["trace"], "plan": plan})
+        except RuntimeError as e:
+            if not self._planner_failure(e):
+                raise
+            failed = state.get("step", "?")
+            self._recover(e, failed)
+            return Outcome(False, "motion_planner_failed", target_robot=target, duration_s=time.perf_counter() - t0,
                            info={"error": str(e), "failed_step": failed, "motions": state["trace"], "plan": plan})
         except (self._franky.CommandException, self._franky.GripperException) as e:
             failed = state.get("step", "?")
@@ -486,7 +488,7 @@ class FrankaRobot(Robot):
         franky, c = self._franky, self.cfg
         log.info("move %s", step.describe())
         if step.kind == "home":
-            self._move(franky.JointMotion(list(c.home_joints), relative_dynamics_factor=step.dynamics))
+            self._robot.move(franky.JointMotion(list(c.home_joints), relative_dynamics_factor=step.dynamics))
             self._wait_settled()  # the next capture must not see a swaying arm
             return False
         if step.kind == "gripper_move":
@@ -518,7 +520,7 @@ class FrankaRobot(Robot):
             reaction.register_callback(lambda robot_state, rel_time, abs_time: fired.append(
                 float(np.linalg.norm(np.asarray(robot_state.O_F_ext_hat_K)[:3]))))
             motion.add_reaction(reaction)
-        self._move(motion)
+        self._robot.move(motion)
         self._wait_settled()
         reached = self.measured_pose()
         err_mm = 1000.0 * float(np.linalg.norm(reached[:3, 3] - target[:3, 3]))
@@ -562,14 +564,10 @@ class FrankaRobot(Robot):
                 return
             time.sleep(0.02)
 
-    def _move(self, motion: Any) -> None:
-        """`robot.move(motion)`; franky's motion-planner failure is raised as MotionPlannerError."""
-        try:
-            self._robot.move(motion)
-        except RuntimeError as e:
-            if str(e).startswith("Motion planner failed"):
-                raise MotionPlannerError(str(e)) from e
-            raise
+    @staticmethod
+    def _planner_failure(error: BaseException) -> bool:
+        """franky's MotionPlannerException (a Ruckig failure during a motion) reaches Python as a RuntimeError."""
+        return isinstance(error, RuntimeError) and str(error).startswith("Motion planner failed")
 
     def _recover(self, error: Exception, failed_step: str) -> None:
         """After a reflex / rejected motion: automatic error recovery, then a slow vertical retreat."""
@@ -585,12 +583,14 @@ class FrankaRobot(Robot):
                 up = current.copy()  # straight up, never down, and not above the box (unless already there)
                 up[2, 3] = min(current[2, 3] + c.retreat_height, max(c.workspace_max[2], current[2, 3]))
                 if up[2, 3] - current[2, 3] > 1e-3:
-                    self._move(franky.CartesianMotion(franky.Affine(up), franky.ReferenceType.Absolute,
-                                                      relative_dynamics_factor=c.contact_dynamics_factor))
+                    self._robot.move(franky.CartesianMotion(franky.Affine(up), franky.ReferenceType.Absolute,
+                                                            relative_dynamics_factor=c.contact_dynamics_factor))
                     self._wait_settled()
                 log.info("retreated to z = %.3f m", up[2, 3])
                 return
-            except (franky.ControlException, MotionPlannerError) as e:
+            except (franky.ControlException, RuntimeError) as e:
+                if isinstance(e, RuntimeError) and not self._planner_failure(e):
+                    raise
                 log.error("retreat attempt %d failed: %s", attempt + 1, e)
         log.error("could not retreat after the error; the next observation will try to home the arm")
 
