@@ -145,7 +145,7 @@ def _default_proposal_params() -> dict[str, Any]:
     sp = inspect.signature(propose).parameters
     so = inspect.signature(propose_from_output).parameters
     p = {k: sp[k].default for k in ("max_hypotheses", "objectness_threshold", "nms_iou", "mask_threshold",
-                                    "table_gate_m", "largest_component", "score")}
+                                    "table_gate_m", "largest_component", "score", "depth_edge_m")}
     p["min_area"] = so["min_area"].default
     p["max_seeds"] = so["max_seeds"].default
     return p
@@ -161,6 +161,8 @@ def _check_proposal_params(pp: dict[str, Any]) -> None:
         raise DeployError(f"max_seeds must be >= 1, got {pp['max_seeds']}")
     if pp["table_gate_m"] is not None and not 0.0 <= float(pp["table_gate_m"]) <= 0.1:
         raise DeployError(f"table_gate_m must be null or in [0, 0.1] metres, got {pp['table_gate_m']}")
+    if pp["depth_edge_m"] is not None and not 0.0 < float(pp["depth_edge_m"]) <= 0.5:
+        raise DeployError(f"depth_edge_m must be null or in (0, 0.5] metres, got {pp['depth_edge_m']}")
     if pp["score"] not in PROPOSAL_SCORES:
         raise DeployError(f"score must be one of {PROPOSAL_SCORES}, got {pp['score']!r}")
 
@@ -445,12 +447,15 @@ def export(
         },
         "proposals": {
             **{k: pp[k] for k in ("max_hypotheses", "max_seeds", "objectness_threshold", "nms_iou",
-                                  "mask_threshold", "min_area", "table_gate_m", "largest_component", "score")},
+                                  "mask_threshold", "min_area", "table_gate_m", "depth_edge_m", "largest_component",
+                                  "score")},
             "max_seeds_default": "null = 3 x max_hypotheses",
             "seed_nms_kernel": 3,
             "table_gate": "pixels with depth whose height above the fitted plane is <= table_gate_m metres are "
-            "removed from every mask (null: off); then only the largest 4-connected component is kept if "
-            "largest_component",
+            "removed from every mask (null: off); then, if largest_component, the mask is cut along depth "
+            "jumps: pixels with a 4-neighbour nearer by more than depth_edge_m metres (missing depth first "
+            "filled with the farthest valid depth within 2 pixels; null: no cut), and only its largest "
+            "4-connected component is kept, plus the cut pixels that are not behind it",
             "score_description": "mask: mean mask probability in the mask; objectness_x_mask: that times the "
             "mean objectness probability in the mask",
         },

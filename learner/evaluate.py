@@ -22,7 +22,7 @@ import torch
 
 from learner.eval_harness import add_eval_args, run_eval_cli
 from learner.hypotheses import OBJECTNESS_THRESHOLD, SCORES, propose
-from learner.mask_cleaning import TABLE_GATE_M
+from learner.mask_cleaning import DEPTH_EDGE_M, TABLE_GATE_M
 from learner.model import PointSegmenter, SegmenterConfig, build_model
 
 
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table-gate", type=float, default=TABLE_GATE_M,
                     help="metres above the fitted table plane still counted as table and cut from masks "
                          "(negative: off)")
+    ap.add_argument("--depth-edge", type=float, default=DEPTH_EDGE_M,
+                    help="cut masks along depth jumps of more than this many metres (negative: off)")
     ap.add_argument("--no-largest-component", action="store_true", help="keep every component of a mask")
     ap.add_argument("--score", default=SCORES[0], choices=list(SCORES), help="proposal score")
     ap.add_argument("--objectness-threshold", type=float, default=OBJECTNESS_THRESHOLD,
@@ -69,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(2)
     gate = None if a.table_gate < 0 else a.table_gate
+    edge = None if a.depth_edge < 0 else a.depth_edge
 
     def predict(rgb, depth, K):
         with torch.no_grad():
             return propose(model, rgb, depth, K, table_gate_m=gate, largest_component=not a.no_largest_component,
-                           score=a.score, objectness_threshold=a.objectness_threshold)
+                           score=a.score, objectness_threshold=a.objectness_threshold, depth_edge_m=edge)
 
     name = a.name or ("oracle (supervised on sim GT)" if ckpt.get("oracle") else "self-supervised")
     run_eval_cli(predict, name.replace(" ", "_").replace("(", "").replace(")", ""), a)

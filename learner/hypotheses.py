@@ -4,7 +4,9 @@
    (`OBJECTNESS_THRESHOLD`), the `max_seeds` strongest per image;
 2. every seed is decoded into a mask in one batch (mask = sigmoid(logit) > mask_threshold);
 3. clean-up (`learner.mask_cleaning`): pixels on the table plane (height <= `table_gate_m`, read
-   from the input's height channel) are removed, and only the largest 4-connected component is kept;
+   from the input's height channel) are removed, the mask is cut along depth discontinuities of more
+   than `depth_edge_m` (read from the input's z channel) and only the largest 4-connected component
+   is kept;
 4. score (`score="mask"`, the default) = mean mask probability inside the cleaned mask: how sure the
    decoder is about the region. `score="objectness_x_mask"` (the first exports) multiplies it by
    the mean objectness probability; on val the plain mask confidence ranked masks better
@@ -23,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .mask_cleaning import PROPOSAL_SCORES, TABLE_GATE_M, clean_mask, table_pixels
+from .mask_cleaning import DEPTH_EDGE_M, PROPOSAL_SCORES, TABLE_GATE_M, clean_mask, depth_edges, table_pixels
 from .model import PointSegmenter, SegmenterConfig, decode_masks, grid_centres
-from .preprocess import HEIGHT_SCALE_M, make_input, resize_rgbd
+from .preprocess import HEIGHT_SCALE_M, XYZ_SCALE_M, make_input, resize_rgbd
 
 SCORES = PROPOSAL_SCORES
 # Seed threshold on the objectness probability. Low on purpose: a seed costs one decoded mask, the
@@ -116,12 +118,15 @@ def propose_from_output(
     largest_component: bool = True,
     score: str = "mask",
     latent_rng: np.random.Generator | None = None,
+    depth_edge_m: float | None = DEPTH_EDGE_M,
 ) -> list[Hypotheses]:
     """Proposals for every image of a forward() output (masks at image_size = network input size).
 
     inputs: the (B,8,H,W) network input the output came from; its valid-depth and plane-height
     channels drive the table gate (no gate without it). table_gate_m: metres above the plane still
     counted as table (None: off). largest_component: keep each mask's largest 4-connected part.
+    depth_edge_m: with largest_component, cut masks along depth jumps of more than this many metres
+    first (`mask_cleaning.depth_edges`, from the input's z channel; None: off; needs inputs).
     score: "mask" or "objectness_x_mask" (see the module docstring).
     latent_rng: latent models only: every seed decodes with its own sample of the prior
     p(z | image, seed), eps ~ N(0, I) drawn from this generator (float32, seeds strongest first, as the
@@ -155,13 +160,16 @@ def propose_from_output(
             eps = torch.from_numpy(latent_rng.standard_normal((p_i.shape[0], out["prior_mu"].shape[1]), np.float32))
         prob = torch.sigmoid(decode_masks(out, b[sel], p_i, cfg, upsample=True, image_size=(H, W), latent_eps=eps))
         masks = prob > mask_threshold
-        table = None
-        if inputs is not None and table_gate_m is not None and inputs.shape[-2:] == (H, W):
+        table = edges = None
+        if inputs is not None and inputs.shape[-2:] == (H, W):
             xi = inputs[i].detach().cpu().numpy()
             table = table_pixels(xi[7] * HEIGHT_SCALE_M, xi[6] > 0.5, table_gate_m)
+            if largest_component:
+                edges = depth_edges(xi[5] * XYZ_SCALE_M, xi[6] > 0.5, depth_edge_m)
         if table is not None or largest_component:
             mn = masks.cpu().numpy()
-            masks = torch.from_numpy(np.stack([clean_mask(m, table, largest_component) for m in mn])).to(masks.device)
+            masks = torch.from_numpy(np.stack([clean_mask(m, table, largest_component, edges) for m in mn])
+                                     ).to(masks.device)
         area = masks.sum(dim=(1, 2)).float()
         mf = masks.float()
         scores = (mf * prob).sum(dim=(1, 2)) / area.clamp(min=1)
@@ -210,6 +218,7 @@ def propose(
     table_gate_m: float | None = TABLE_GATE_M,
     largest_component: bool = True,
     score: str = "mask",
+    depth_edge_m: float | None = DEPTH_EDGE_M,
 ):
     """Hypotheses for ONE RGB-D frame (rgb (H,W,3) uint8, depth (H,W) metres, K (3,3)).
 
@@ -224,7 +233,7 @@ def propose(
         model, rgb, depth, K, samples=1, include_mean=True, max_hypotheses=max_hypotheses,
         objectness_threshold=objectness_threshold, nms_iou=nms_iou, mask_threshold=mask_threshold,
         net_size=net_size, return_points=return_points, table_gate_m=table_gate_m,
-        largest_component=largest_component, score=score)[0]
+        largest_component=largest_component, score=score, depth_edge_m=depth_edge_m)[0]
 
 
 @torch.no_grad()

@@ -25,7 +25,8 @@ network, `learner.hypotheses.propose_from_output`, the final nearest-exact resiz
   the model input size, sigmoid > mask_threshold; only the crop that can exceed the threshold is
   upsampled (exact: a bilinear value is a convex combination of its 4 source cells);
 - clean-up (learner/mask_cleaning.py, the same code as the torch path): pixels with depth within
-  table_gate_m of the plane are removed, then the largest 4-connected component is kept;
+  table_gate_m of the plane are removed, the mask is cut along depth jumps of more than depth_edge_m
+  (from the input's z channel), then the largest 4-connected component is kept;
 - score = mean mask probability inside the mask ("mask"), or that times the mean objectness
   probability ("objectness_x_mask", what cards without a "score" key used); masks smaller than
   min_area dropped; greedy mask-IoU NMS; at most max_hypotheses;
@@ -59,7 +60,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from learner.mask_cleaning import PROPOSAL_SCORES, clean_mask, table_pixels
+from learner.mask_cleaning import PROPOSAL_SCORES, DepthEdges, clean_mask, depth_edges, table_pixels
 from learner.mask_sets import ConfidenceConfig, MaskSet, confidence_masks, union_nms
 from learner.table_plane import height_above_plane
 from learner.tta import TTAConfig, make_transforms, sample_with_transforms
@@ -667,13 +668,16 @@ def propose_from_heads(
     largest_component: bool = True,
     score: str = "mask",
     latent: tuple[np.ndarray, np.ndarray, np.random.Generator] | None = None,
+    edges: DepthEdges | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Proposals for one image from the network heads ((1,)1,h,w / (1,)D,h,w / (1,)Kp,h,w).
 
     image_size: the network input size (H,W). Same algorithm as hypotheses.propose_from_output;
     masks are returned at output_size (default image_size; nearest-exact resize like
     hypotheses.propose). table: (H,W) bool table pixels at the network input size
-    (`mask_cleaning.table_pixels`), removed from every mask; None = no gate. Returns masks (N,H',W')
+    (`mask_cleaning.table_pixels`), removed from every mask; None = no gate. edges: the depth
+    discontinuities at the network input size (`mask_cleaning.depth_edges`), masks are cut along them
+    with largest_component; None = no cut. Returns masks (N,H',W')
     bool, scores (N,) float32, seed points (N,2) in network-input pixels, and the number of seeds.
     latent: (prior log-variance map ((1,)Z,h,w), weight (Kp,Z), rng) of a latent model: every seed
     decodes with its own prior sample, eps ~ N(0, I) float32 drawn from rng for the seeds strongest
@@ -723,7 +727,8 @@ def propose_from_heads(
         prob = _sigmoid(up.crop(logits[p], ya, yb, xa, xb))
         m = prob > mthr
         if table is not None or largest_component:  # the crop holds the whole mask: same components
-            m = clean_mask(m, None if table is None else table[ya:yb, xa:xb], largest_component)
+            m = clean_mask(m, None if table is None else table[ya:yb, xa:xb], largest_component,
+                           None if edges is None else edges.crop(ya, yb, xa, xb))
         area = int(np.count_nonzero(m))
         if area < need:
             continue
@@ -761,9 +766,10 @@ def interior_points(masks: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 _PROPOSAL_KEYS = ("max_hypotheses", "objectness_threshold", "nms_iou", "mask_threshold", "max_seeds", "min_area",
-                  "table_gate_m", "largest_component", "score")
-# what a card without the clean-up keys did (exports before the mask clean-up existed)
-_LEGACY_PROPOSALS = {"table_gate_m": None, "largest_component": False, "score": "objectness_x_mask"}
+                  "table_gate_m", "largest_component", "score", "depth_edge_m")
+# what a card without the clean-up keys did (exports before the mask clean-up / the depth-edge cut existed)
+_LEGACY_PROPOSALS = {"table_gate_m": None, "largest_component": False, "score": "objectness_x_mask",
+                     "depth_edge_m": None}
 
 
 def _read_card(onnx_path: Path, card_path: Path | None) -> dict[str, Any]:
@@ -912,9 +918,12 @@ class Segmenter:
         H, W = rgb.shape[:2]
         gate = pp.pop("table_gate_m")
         table = table_pixels(x[0, 7] * self.height[0], x[0, 6] > 0.5, None if gate is None else float(gate))
+        jump = pp.pop("depth_edge_m")
+        edges = depth_edges(x[0, 5] * self.xyz_scale, x[0, 6] > 0.5, None if jump is None else float(jump)) \
+            if pp["largest_component"] else None
         masks, scores, pts, n_seeds = propose_from_heads(
             out["objectness"], out["features"], out["kernels"], (Hn, Wn), self.dyn_hidden, self.coord_scale,
-            output_size=(H, W), table=table,
+            output_size=(H, W), table=table, edges=edges,
             latent=None if latent_rng is None else (out[LATENT_OUTPUT], self.latent_weight, latent_rng), **pp,
         )
         if (H, W) != (Hn, Wn):

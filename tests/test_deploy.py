@@ -16,7 +16,7 @@ import torch
 
 from learner import deploy, preprocess
 from learner.hypotheses import OBJECTNESS_THRESHOLD, propose
-from learner.mask_cleaning import TABLE_GATE_M
+from learner.mask_cleaning import DEPTH_EDGE_M, TABLE_GATE_M
 from learner.model import PointSegmenter, SegmenterConfig
 from learner.segmenter_runtime import CARD_NAME, ONNX_NAME, InputError, ModelError, Segmenter
 
@@ -106,6 +106,7 @@ def test_export_card_and_files(tiny):
     assert card["proposals"]["max_hypotheses"] == 20 and card["proposals"]["min_area"] == 16
     assert card["proposals"]["max_seeds"] is None and card["proposals"]["objectness_threshold"] == OBJECTNESS_THRESHOLD
     assert card["proposals"]["table_gate_m"] == TABLE_GATE_M and card["proposals"]["largest_component"] is True
+    assert card["proposals"]["depth_edge_m"] == DEPTH_EDGE_M
     assert card["proposals"]["score"] == "mask"
     tr = card["training"]
     assert (tr["interactions"], tr["train_steps"], tr["oracle"]) == (42, 0, False)
@@ -190,7 +191,8 @@ def test_runtime_proposals_match_torch(tiny, scenes, size):
 def test_runtime_clean_up_options_match_torch(tiny, scenes):
     """Each clean-up switch gives the same proposals in the runtime as in torch."""
     sc = _scene(scenes, 1)
-    for kw in ({"table_gate_m": None}, {"largest_component": False}, {"score": "objectness_x_mask"}):
+    for kw in ({"table_gate_m": None}, {"largest_component": False}, {"score": "objectness_x_mask"},
+               {"depth_edge_m": None}, {"depth_edge_m": 0.01}):
         with torch.no_grad():
             masks, scores = propose(tiny["model"], sc.rgb, sc.depth, sc.K, **kw)
         _assert_same_proposals(tiny["seg"].predict(sc.rgb, sc.depth, sc.K, **kw), masks, scores)
@@ -201,13 +203,14 @@ def test_card_without_clean_up_keys_keeps_the_old_proposals(tiny, scenes, tmp_pa
     shutil.copytree(tiny["out"], tmp_path / "old")
     card_path = tmp_path / "old" / CARD_NAME
     card = json.loads(card_path.read_text())
-    for k in ("table_gate_m", "largest_component", "score_description", "table_gate"):
+    for k in ("table_gate_m", "largest_component", "score_description", "table_gate", "depth_edge_m"):
         card["proposals"].pop(k)
     card["proposals"]["score"] = "mean objectness probability in the mask x mean mask probability in the mask"
     card["proposals"]["objectness_threshold"] = 0.5
     card_path.write_text(json.dumps(card))
     seg = Segmenter.load(tmp_path / "old")
     assert seg.proposal_params["score"] == "objectness_x_mask" and seg.proposal_params["table_gate_m"] is None
+    assert seg.proposal_params["depth_edge_m"] is None
     sc = _scene(scenes, 1)
     with torch.no_grad():
         masks, scores = propose(tiny["model"], sc.rgb, sc.depth, sc.K, objectness_threshold=0.5, table_gate_m=None,

@@ -6,14 +6,16 @@ import numpy as np
 import torch
 
 from learner.hypotheses import propose
-from learner.mask_cleaning import clean_mask, largest_component, table_pixels
+from learner.mask_cleaning import DEPTH_EDGE_M, clean_mask, depth_edges, largest_component, table_pixels
 from learner.model import SegmenterConfig, build_model
+from learner.preprocess import XYZ_SCALE_M, make_input
 from learner.table_plane import height_above_plane
 from sim.env import InteractiveTabletopEnv, TabletopConfig
+from sim.scene import ClutterConfig
 
 
-def _frame(seed: int = 3):
-    env = InteractiveTabletopEnv(TabletopConfig(split="val"))
+def _frame(seed: int = 3, clutter: str = "cluttered"):
+    env = InteractiveTabletopEnv(TabletopConfig(split="val", clutter=ClutterConfig(level=clutter)))
     try:
         obs, info = env.reset(seed=seed)
     finally:
@@ -80,3 +82,102 @@ def test_propose_applies_the_gate_and_components():
     assert not (clean & table).any()
     for m in clean:
         assert largest_component(m).sum() == m.sum()
+
+
+def _two_boxes(near_cols: slice, far_cols: slice, hole_line: bool = False, noise_m: float = 0.0):
+    """A synthetic depth image (metres): table at 0.70 m, a near box (top 0.62 m) touching a far box
+    (top 0.66 m: 4 cm lower) along a vertical line; optionally the sensor's holes along that line."""
+    rng = np.random.default_rng(0)
+    depth = np.full((40, 60), 0.70, np.float32)
+    near = np.zeros(depth.shape, bool)
+    far = np.zeros(depth.shape, bool)
+    near[8:32, near_cols] = True
+    far[8:32, far_cols] = True
+    depth[near], depth[far] = 0.62, 0.66
+    depth += rng.normal(0, noise_m, depth.shape).astype(np.float32)
+    if hole_line:  # stereo sensors lose the far side of an occlusion edge
+        first_far = far_cols.start if far_cols.start > near_cols.start else far_cols.stop - 1
+        depth[9:31:2, first_far] = 0.0  # (not at the corners: a hole there borders the table too)
+    return depth, near, far
+
+
+def test_depth_edge_cut_splits_a_mask_that_spans_a_depth_jump():
+    for hole_line in (False, True):
+        depth, near, far = _two_boxes(slice(10, 30), slice(30, 42), hole_line, noise_m=0.002)
+        edges = depth_edges(depth, depth > 0, DEPTH_EDGE_M)
+        merged = near | far
+        assert largest_component(merged).sum() == merged.sum()  # one blob: the old rule kept both boxes
+        cut = clean_mask(merged, None, keep_largest=True, edges=edges)
+        assert (cut == near).all(), f"hole_line={hole_line}"  # the near box, whole; nothing of the far one
+        # the far box is the larger one: it keeps its boundary line (and the holes on it)
+        depth, near, far = _two_boxes(slice(10, 18), slice(18, 50), hole_line, noise_m=0.002)
+        cut = clean_mask(near | far, None, keep_largest=True, edges=depth_edges(depth, depth > 0, DEPTH_EDGE_M))
+        assert (cut == far).all(), f"hole_line={hole_line}"
+
+
+def test_depth_edge_cut_keeps_smooth_and_noisy_surfaces_whole():
+    rng = np.random.default_rng(1)
+    # a ramp (5 mm per pixel, steeper than most object faces seen from above) with 2 mm sensor noise
+    depth = (0.60 + 0.005 * np.arange(30, dtype=np.float32))[None, :].repeat(20, 0)
+    depth = depth + rng.normal(0, 0.002, depth.shape).astype(np.float32)
+    depth[5, 5:9] = 0.0  # holes inside a surface do not cut it either
+    m = np.ones(depth.shape, bool)
+    assert clean_mask(m, None, keep_largest=True, edges=depth_edges(depth, depth > 0, DEPTH_EDGE_M)).all()
+    assert depth_edges(depth, depth > 0, None) is None  # off
+    # a jump that does not separate the mask loses nothing: the far box is tilted, 4 cm below the near
+    # one at its top row and level with it at its bottom row (1.7 mm per row)
+    depth, near, far = _two_boxes(slice(10, 30), slice(30, 42))
+    m = near | far
+    depth[8:32, 30:42] = np.linspace(0.66, 0.62, 24, dtype=np.float32)[:, None]
+    assert depth_edges(depth, depth > 0, DEPTH_EDGE_M).edge[m].any()  # there is a jump inside the mask
+    assert (clean_mask(m, None, keep_largest=True, edges=depth_edges(depth, depth > 0, DEPTH_EDGE_M)) == m).all()
+
+
+def test_depth_edge_cut_separates_touching_objects_in_a_real_pile():
+    """Sim piles: where two touching objects differ in depth along their whole shared boundary, their
+    merged mask is cut back to one object (the sim camera's noise and edge holes included)."""
+    found = 0
+    for seed in range(4):
+        obs, label = _frame(seed=seed, clutter="piled")
+        depth = obs["depth"]
+        edges = depth_edges(depth, depth > 0, DEPTH_EDGE_M)
+        ids = [i for i in np.unique(label) if i > 0 and (label == i).sum() >= 150]
+        for a in ids:
+            for b in ids:
+                if a >= b:
+                    continue
+                A, B = label == a, label == b
+                # 4-adjacent pixel pairs across the A/B boundary with depth on both sides
+                pairs = []
+                for sa, sb in (((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+                               ((slice(None, -1), slice(None)), (slice(1, None), slice(None)))):
+                    for X, Y in ((A, B), (B, A)):
+                        sel = X[sa] & Y[sb] & (depth[sa] > 0) & (depth[sb] > 0)
+                        pairs += list(np.abs(depth[sa][sel] - depth[sb][sel]))
+                if len(pairs) < 4 or min(pairs) < 2 * DEPTH_EDGE_M:
+                    continue  # not touching, or not clearly separated in depth everywhere
+                found += 1
+                cut = clean_mask(A | B, None, keep_largest=True, edges=edges)
+                big = A if (cut & A).sum() >= (cut & B).sum() else B
+                other = B if big is A else A
+                assert (cut & other).sum() <= 0.02 * other.sum(), (seed, a, b)
+                assert (cut & big).sum() >= 0.9 * (largest_component(big) & (depth > 0)).sum(), (seed, a, b)
+    assert found >= 2, "expected touching objects at different depths in sim piles"
+
+
+def test_propose_cuts_masks_at_depth_edges():
+    """Every proposal is already cut (cutting again changes nothing); without the cut some are not."""
+    obs, label = _frame(seed=5, clutter="piled")
+    torch.manual_seed(0)
+    model = build_model(SegmenterConfig()).eval()
+    with torch.no_grad():
+        model.obj_head.bias.fill_(5.0)  # sprawling masks of a random net cross depth edges
+    uncut, _ = propose(model, obs["rgb"], obs["depth"], obs["K"], depth_edge_m=None)
+    cut, _ = propose(model, obs["rgb"], obs["depth"], obs["K"])
+    x = make_input(obs["rgb"], obs["depth"], obs["K"])[0].numpy()  # the z channel propose cuts on
+    edges = depth_edges(x[5] * XYZ_SCALE_M, x[6] > 0.5, DEPTH_EDGE_M)
+
+    def n_cuttable(ms):
+        return sum(int((clean_mask(m, None, keep_largest=True, edges=edges) != m).any()) for m in ms)
+    assert len(cut) and n_cuttable(cut) == 0
+    assert n_cuttable(uncut) > 0
