@@ -45,6 +45,7 @@ import torch
 
 from data import scene_io
 from learner import metrics
+from learner.mask_cleaning import DEPTH_EDGE_M
 from learner.mask_sets import ConfidenceConfig, confidence_masks, prepare_samples, sample_diversity, union_nms
 from learner.sampling import METHODS, SamplerConfig, ensemble_samples, sample_hypotheses
 from learner.tta import TTAConfig
@@ -71,6 +72,7 @@ class BenchConfig:
     gripper_radius_m: float = 0.02
     n_pick_samples: int = 500
     seed: int = 0
+    depth_edge_m: float | None = DEPTH_EDGE_M  # the proposals' depth-edge cut (None: off), every mode alike
 
     def validate(self) -> None:
         for p in self.ps:
@@ -152,16 +154,17 @@ def evaluate_scenes(
         times.setdefault(name, []).append(time.perf_counter() - t)
         return r
 
+    kw = {"depth_edge_m": cfg.depth_edge_m}
     for k, sid in enumerate(ids):
         sc = scene_io.read_scene(scenes_dir, sid)
         samples_by = {}
         for name, scfg in cfg.samplers.items():
             scfg = SamplerConfig(**{**asdict(scfg), "tta": TTAConfig(**asdict(scfg.tta)), "samples": cfg.samples})
             samples_by[name] = timed(f"sample/{name}",
-                                     lambda s=scfg, f=sc: sample_hypotheses(model, f.rgb, f.depth, f.K, s))
+                                     lambda s=scfg, f=sc: sample_hypotheses(model, f.rgb, f.depth, f.K, s, **kw))
         if members:
             samples_by["ensemble"] = timed("sample/ensemble", lambda f=sc: ensemble_samples(
-                [model, *members], f.rgb, f.depth, f.K, cfg.samples))
+                [model, *members], f.rgb, f.depth, f.K, cfg.samples, **kw))
         # the single model = sample 0 of any sampler with include_mean (identical to propose); else run it
         first = next(iter(cfg.samplers.values()))
         if first.include_mean:
@@ -169,7 +172,7 @@ def evaluate_scenes(
         else:
             from learner.hypotheses import propose
 
-            m0, s0 = propose(model, sc.rgb, sc.depth, sc.K)
+            m0, s0 = propose(model, sc.rgb, sc.depth, sc.K, **kw)
         for t in cfg.single_thresholds:
             keep = s0 >= t
             pool(f"single@{t:g}").add(_double_pick(sc, m0[keep], s0[keep], cfg, k), int(keep.sum()))
@@ -319,7 +322,8 @@ def format_markdown(res: dict[str, Any]) -> str:
     ref = m[f"single@{cfg['reference_threshold']:g}"]
     lines = [
         f"Model: `{res['model']}`; scenes: `{res['scenes']}` ({res['eval']['n_scenes']} scenes); k = {cfg['samples']} "
-        f"samples; gripper radius {cfg['gripper_radius_m']} m, {cfg['n_pick_samples']} disks per scene.",
+        f"samples; gripper radius {cfg['gripper_radius_m']} m, {cfg['n_pick_samples']} disks per scene; depth-edge "
+        f"cut of the proposals: {'off' if cfg.get('depth_edge_m') is None else str(cfg['depth_edge_m']) + ' m'}.",
         "",
         "DP: pooled like learner.eval_harness (the same number of disks in every scene); DP (area-weighted):",
         "every scene weighted by its gripper-fit area, i.e. disks dropped uniformly on the images as in",
@@ -464,6 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--samplers", default="tta,mc_dropout",
                     help="comma-separated: tta, mc_dropout, latent (latent models only); the first one is the "
                          "headline (goal check, sim)")
+    ap.add_argument("--depth-edge", type=float, default=DEPTH_EDGE_M,
+                    help="proposals: cut masks along depth jumps of this many metres, in every mode (negative: off)")
     ap.add_argument("--compare-methods", action="store_true",
                     help="also the other p-confidence method (nested, monotone in p) as confidence-nested/...")
     ap.add_argument("--sim-scenes", type=int, default=30, help="sim scenes for the grasp experiment (0 = skip)")
@@ -489,8 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"unknown sampler {name!r} (expected some of {', '.join(METHODS)})")
         samplers[name] = SamplerConfig(method=name, samples=a.samples, seed=a.seed, dropout_rate=a.dropout_rate,
                                        tta=TTAConfig(scale_range=tuple(a.tta_scale), max_shift=a.tta_shift))
+    edge = None if a.depth_edge < 0 else a.depth_edge
     cfg = BenchConfig(ps=a.ps, samples=a.samples, goal_p=a.goal_p, samplers=samplers, seed=a.seed,
-                      compare_methods=a.compare_methods)
+                      compare_methods=a.compare_methods, depth_edge_m=edge)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -513,10 +520,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sampler = samplers[headline]
 
         def single(frame):
-            return predict(model, frame.rgb, frame.depth, frame.K, mode="mean")
+            return predict(model, frame.rgb, frame.depth, frame.K, mode="mean", depth_edge_m=edge)
 
         def conf(frame):
-            return predict(model, frame.rgb, frame.depth, frame.K, mode="confidence", p=a.goal_p, sampler=sampler)
+            return predict(model, frame.rgb, frame.depth, frame.K, mode="confidence", p=a.goal_p, sampler=sampler,
+                           depth_edge_m=edge)
 
         res["sim"] = sim_grasps({"single": single, f"confidence p={a.goal_p:g} ({sampler.method})": conf},
                                 a.sim_scenes, a.sim_grasps, seed=a.seed, clutter=a.sim_clutter,
