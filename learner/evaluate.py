@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="metres above the fitted table plane still counted as table and cut from masks "
                          "(negative: off)")
     ap.add_argument("--depth-edge", type=float, default=DEPTH_EDGE_M,
-                    help="cut masks along depth jumps of more than this many metres (negative: off)")
+                    help="cut masks along depth steps of at least this many metres (negative: off)")
     ap.add_argument("--no-largest-component", action="store_true", help="keep every component of a mask")
     ap.add_argument("--score", default=SCORES[0], choices=list(SCORES), help="proposal score")
     ap.add_argument("--objectness-threshold", type=float, default=OBJECTNESS_THRESHOLD,

@@ -4,8 +4,8 @@
    (`OBJECTNESS_THRESHOLD`), the `max_seeds` strongest per image;
 2. every seed is decoded into a mask in one batch (mask = sigmoid(logit) > mask_threshold);
 3. clean-up (`learner.mask_cleaning`): pixels on the table plane (height <= `table_gate_m`, read
-   from the input's height channel) are removed, the mask is cut along depth discontinuities of more
-   than `depth_edge_m` (read from the input's z channel) and only the largest 4-connected component
+   from the input's height channel) are removed, the mask is cut along depth steps of at least
+   `depth_edge_m` (read from the input's z channel) and only the largest 4-connected component
    is kept;
 4. score (`score="mask"`, the default) = mean mask probability inside the cleaned mask: how sure the
    decoder is about the region. `score="objectness_x_mask"` (the first exports) multiplies it by
@@ -125,7 +125,7 @@ def propose_from_output(
     inputs: the (B,8,H,W) network input the output came from; its valid-depth and plane-height
     channels drive the table gate (no gate without it). table_gate_m: metres above the plane still
     counted as table (None: off). largest_component: keep each mask's largest 4-connected part.
-    depth_edge_m: with largest_component, cut masks along depth jumps of more than this many metres
+    depth_edge_m: with largest_component, cut masks along depth steps of at least this many metres
     first (`mask_cleaning.depth_edges`, from the input's z channel; None: off; needs inputs).
     score: "mask" or "objectness_x_mask" (see the module docstring).
     latent_rng: latent models only: every seed decodes with its own sample of the prior

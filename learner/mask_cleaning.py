@@ -1,7 +1,7 @@
 """Geometric clean-up of decoded object masks (numpy + OpenCV; shared by the torch proposal path in
 `learner.hypotheses` and the torch-free deploy runtime `learner.segmenter_runtime`).
 
-Two rules, both from the robot's own depth (no simulator ground truth):
+Three rules, all from the robot's own depth (no simulator ground truth):
 
 - **table gate**: a pixel whose measured point lies within `gate_m` metres of the dominant plane (the
   table, fitted by RANSAC in `learner.table_plane`; the network input carries it as channel 7) is

@@ -25,7 +25,7 @@ network, `learner.hypotheses.propose_from_output`, the final nearest-exact resiz
   the model input size, sigmoid > mask_threshold; only the crop that can exceed the threshold is
   upsampled (exact: a bilinear value is a convex combination of its 4 source cells);
 - clean-up (learner/mask_cleaning.py, the same code as the torch path): pixels with depth within
-  table_gate_m of the plane are removed, the mask is cut along depth jumps of more than depth_edge_m
+  table_gate_m of the plane are removed, the mask is cut along depth steps of at least depth_edge_m
   (from the input's z channel), then the largest 4-connected component is kept;
 - score = mean mask probability inside the mask ("mask"), or that times the mean objectness
   probability ("objectness_x_mask", what cards without a "score" key used); masks smaller than
