@@ -330,7 +330,9 @@ def export(
     for k, v in (proposals or {}).items():
         if k not in pp:
             raise DeployError(f"unknown proposal parameter {k!r}; expected one of {sorted(pp)}")
-        if v is not None:
+        if k == "depth_edge_m" and v is not None and float(v) <= 0:
+            pp[k] = None  # 0 or negative: no depth-edge cut (None means "the default" here)
+        elif v is not None:
             pp[k] = v
     _check_proposal_params(pp)
 
@@ -887,6 +889,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--mask-threshold", type=float)
     e.add_argument("--min-area", type=int)
     e.add_argument("--max-seeds", type=int)
+    e.add_argument("--depth-edge", type=float, dest="depth_edge_m",
+                   help="cut masks along depth steps of at least this many metres (0: no cut; default 0.02)")
 
     p = sub.add_parser("predict", help="segment RGB-D frames with an exported model (no torch needed)")
     p.add_argument("--model", required=True, help="export directory or .onnx file")
@@ -924,7 +928,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "export":
             props = {k: getattr(args, k) for k in ("max_hypotheses", "objectness_threshold", "nms_iou",
-                                                   "mask_threshold", "min_area", "max_seeds")}
+                                                   "mask_threshold", "min_area", "max_seeds", "depth_edge_m")}
             card = export(args.src, args.out, args.size, args.torchscript, props, mc_dropout=not args.no_mc_dropout)
             print(f"exported {card['training']['source']} -> {Path(args.out) / ONNX_NAME} "
                   f"({card['input']['width']}x{card['input']['height']}, model version {card['model']['version']}, "

@@ -158,6 +158,15 @@ def test_export_errors(tmp_path, capsys):
     assert not (tmp_path / "o" / ONNX_NAME).exists()
 
 
+def test_export_sets_or_disables_the_depth_edge_cut(tiny, tmp_path):
+    with pytest.raises(deploy.DeployError, match="depth_edge_m"):
+        deploy.export(tiny["run"], tmp_path / "far", proposals={"depth_edge_m": 0.8}, check=False, mc_dropout=False)
+    assert deploy.main(["export", str(tiny["run"]), str(tmp_path / "off"), "--depth-edge", "0", "--no-mc-dropout"]) == 0
+    assert Segmenter.load(tmp_path / "off").proposal_params["depth_edge_m"] is None
+    card = deploy.export(tiny["run"], tmp_path / "on", proposals={"depth_edge_m": 0.03}, check=False, mc_dropout=False)
+    assert card["proposals"]["depth_edge_m"] == 0.03
+
+
 # ------------------------------------------------------------------------------ runtime vs torch
 
 
