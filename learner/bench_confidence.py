@@ -465,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="TTA zoom range lo,hi (learner.tta.TTAConfig.scale_range)")
     ap.add_argument("--tta-shift", type=float, default=TTAConfig.max_shift,
                     help="TTA shift, share of the image size (learner.tta.TTAConfig.max_shift)")
+    ap.add_argument("--tta-roll", type=float, default=TTAConfig.max_roll_deg,
+                    help="TTA in-plane rotation, max degrees (learner.tta.TTAConfig.max_roll_deg; 0 = none)")
     ap.add_argument("--samplers", default="tta,mc_dropout",
                     help="comma-separated: tta, mc_dropout, latent (latent models only); the first one is the "
                          "headline (goal check, sim)")
@@ -494,7 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in METHODS:
             ap.error(f"unknown sampler {name!r} (expected some of {', '.join(METHODS)})")
         samplers[name] = SamplerConfig(method=name, samples=a.samples, seed=a.seed, dropout_rate=a.dropout_rate,
-                                       tta=TTAConfig(scale_range=tuple(a.tta_scale), max_shift=a.tta_shift))
+                                       tta=TTAConfig(scale_range=tuple(a.tta_scale), max_shift=a.tta_shift,
+                                                                 max_roll_deg=a.tta_roll))
     edge = None if a.depth_edge < 0 else a.depth_edge
     cfg = BenchConfig(ps=a.ps, samples=a.samples, goal_p=a.goal_p, samplers=samplers, seed=a.seed,
                       compare_methods=a.compare_methods, depth_edge_m=edge)

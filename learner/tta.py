@@ -8,6 +8,8 @@ why it is the deployed sampler (MC dropout would need the graph exported in trai
 A `FrameTransform` is, in this order:
 - an optional horizontal flip (u -> W - 1 - u); the flipped image is a valid pinhole image of the
   mirrored scene (X -> -X), so K keeps a positive focal length;
+- an optional in-plane rotation by `roll_deg` about the image centre (a camera roll; K keeps its focal
+  lengths, exact for fx = fy; off by default);
 - a zoom by `scale` about the image centre ((W - 1)/2, (H - 1)/2) and a shift by
   (shift_u W, shift_v H) pixels. K is updated consistently: fx' = s fx, fy' = s fy,
   cx' = a cx + b_u, cy' = s cy + b_v (a = -s with a flip, else s), so the camera-frame XYZ the network
@@ -45,6 +47,8 @@ class TTAConfig:
     depth_noise_m: std of additive Gaussian depth noise, metres.
     depth_dropout: share of valid depth pixels set to missing.
     include_identity: sample 0 is the unperturbed frame (its hypotheses are the prior-mean prediction).
+    max_roll_deg: in-plane rotations drawn uniformly from [-max_roll_deg, max_roll_deg] degrees
+    (0 = none, and then the random draws are the same as before rotations existed).
     """
 
     flip: bool = True
@@ -54,6 +58,7 @@ class TTAConfig:
     depth_noise_m: float = 0.002
     depth_dropout: float = 0.01
     include_identity: bool = True
+    max_roll_deg: float = 0.0
 
     def validate(self) -> None:
         lo, hi = (float(x) for x in self.scale_range)
@@ -63,6 +68,8 @@ class TTAConfig:
                              ("depth_dropout", self.depth_dropout, 1.0)):
             if not (math.isfinite(float(v)) and 0.0 <= float(v) <= top):
                 raise ValueError(f"tta {name} must lie in [0, {top}], got {v}")
+        if not (math.isfinite(float(self.max_roll_deg)) and 0.0 <= float(self.max_roll_deg) <= 180.0):
+            raise ValueError(f"tta max_roll_deg must lie in [0, 180] degrees, got {self.max_roll_deg}")
         if not (math.isfinite(float(self.depth_noise_m)) and self.depth_noise_m >= 0):
             raise ValueError(f"tta depth_noise_m must be >= 0 metres, got {self.depth_noise_m}")
 
@@ -79,38 +86,46 @@ class FrameTransform:
     depth_noise_m: float = 0.0
     depth_dropout: float = 0.0
     noise_seed: int = 0
+    roll_deg: float = 0.0  # in-plane rotation about the image centre, degrees (applied after the flip)
 
     @property
     def is_identity(self) -> bool:
-        return (not self.flip and self.scale == 1.0 and self.shift_u == 0.0 and self.shift_v == 0.0
-                and self.rgb_gain == 1.0 and self.depth_noise_m == 0.0 and self.depth_dropout == 0.0)
+        return (self.is_geometric_identity and self.rgb_gain == 1.0 and self.depth_noise_m == 0.0
+                and self.depth_dropout == 0.0)
 
     @property
     def is_geometric_identity(self) -> bool:
-        return not self.flip and self.scale == 1.0 and self.shift_u == 0.0 and self.shift_v == 0.0
+        return not self.flip and self._no_warp
+
+    @property
+    def _no_warp(self) -> bool:
+        """No zoom, shift or rotation (at most a flip)."""
+        return self.scale == 1.0 and self.shift_u == 0.0 and self.shift_v == 0.0 and self.roll_deg == 0.0
 
     def affine(self, height: int, width: int) -> np.ndarray:
         """(2, 3) float64 A with [u', v'] = A [u, v, 1]: original pixel -> transformed pixel."""
         s = float(self.scale)
         cu, cv = (width - 1) / 2.0, (height - 1) / 2.0
         tu, tv = self.shift_u * width, self.shift_v * height
-        a = -s if self.flip else s
-        # flip: u1 = (W - 1) - u = 2 cu - u; then u' = s (u1 - cu) + cu + tu
-        bu = (s * cu if self.flip else -s * cu) + cu + tu
-        bv = -s * cv + cv + tv
-        return np.array([[a, 0.0, bu], [0.0, s, bv]], np.float64)
+        # p' = s R(roll) (F p - c) + c + t, with F the flip u -> 2 cu - u (F c = c)
+        th = math.radians(float(self.roll_deg))
+        R = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+        F = np.diag([-1.0, 1.0]) if self.flip else np.eye(2)
+        L = s * R @ F
+        c = np.array([cu, cv])
+        b = -L @ c + c + np.array([tu, tv])
+        return np.hstack([L, b[:, None]]).astype(np.float64)
 
     def intrinsics(self, K: np.ndarray, height: int, width: int) -> np.ndarray:
         """K of the transformed image (positive focal lengths; see the module docstring)."""
         A = self.affine(height, width)
-        a, s, bu, bv = A[0, 0], A[1, 1], A[0, 2], A[1, 2]
+        s = float(self.scale)
         K = np.asarray(K, np.float64)
         K2 = K.copy()
         K2[0, 0] = s * K[0, 0]
-        K2[0, 1] = a * K[0, 1]
-        K2[0, 2] = a * K[0, 2] + bu
+        K2[0, 1] = (-s if self.flip else s) * K[0, 1]
         K2[1, 1] = s * K[1, 1]
-        K2[1, 2] = s * K[1, 2] + bv
+        K2[:2, 2] = A[:, :2] @ K[:2, 2] + A[:, 2]  # the principal point moves with the pixels
         return K2
 
     def _source_index(self, height: int, width: int, inverse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,7 +159,7 @@ class FrameTransform:
             return rgb, depth, np.asarray(K, np.float64)
         if self.is_geometric_identity:
             r, d = rgb, depth
-        elif self.scale == 1.0 and self.shift_u == 0.0 and self.shift_v == 0.0:  # flip only: exact
+        elif self._no_warp:  # flip only: exact
             r, d = rgb[:, ::-1], depth[:, ::-1]
         else:
             A = self.affine(H, W)
@@ -175,7 +190,7 @@ class FrameTransform:
         if self.is_geometric_identity or masks.shape[0] == 0:
             return masks
         H, W = masks.shape[1:]
-        if self.scale == 1.0 and self.shift_u == 0.0 and self.shift_v == 0.0:
+        if self._no_warp:
             return np.ascontiguousarray(masks[:, :, ::-1])
         rows, cols, inside = self._source_index(H, W, inverse=True)
         return masks[:, rows, cols] & inside[None]
@@ -210,6 +225,7 @@ def make_transforms(n: int, config: TTAConfig | None = None, seed: int = 0) -> l
             depth_noise_m=float(cfg.depth_noise_m),
             depth_dropout=float(cfg.depth_dropout),
             noise_seed=int(rng.integers(2**31)),
+            roll_deg=float(rng.uniform(-cfg.max_roll_deg, cfg.max_roll_deg)) if cfg.max_roll_deg > 0 else 0.0,
         ))
     return out
 

@@ -61,6 +61,18 @@ def _raised_objects(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray) -> tuple[
     return masks[keep], np.ones(int(keep.sum()), np.float32)
 
 
+def _above_plane(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A model-free segmenter that works in any view (it needs a correct K): connected regions more
+    than 2 cm above the fitted table plane."""
+    from learner.table_plane import height_above_plane
+
+    raised = height_above_plane(depth, K) > 0.02
+    n, lab = cv2.connectedComponents(raised.astype(np.uint8))
+    masks = np.stack([lab == i for i in range(1, n)]) if n > 1 else np.zeros((0, *depth.shape), bool)
+    keep = masks.reshape(len(masks), -1).sum(1) >= 50
+    return masks[keep], np.ones(int(keep.sum()), np.float32)
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
@@ -135,6 +147,38 @@ def test_tta_keeps_3d_geometry_consistent(big_frame):
             assert X2 == pytest.approx(-X if t.flip else X, abs=1e-9) and Y2 == pytest.approx(Y, abs=1e-9)
         back = t.points_to_frame(np.array([A @ [10.0, 20.0, 1.0]]), H, W)
         np.testing.assert_allclose(back, [[10.0, 20.0]], atol=1e-9)
+
+
+def test_tta_roll_is_a_camera_roll(big_frame):
+    """A rotated view shows camera-frame points rotated about the optical axis (a rolled camera)."""
+    rgb, depth, K = big_frame
+    K = K.copy()
+    K[1, 1] = K[0, 0]  # exact for square pixels
+    H, W = depth.shape
+    for t in (FrameTransform(roll_deg=12.0, scale=1.05, shift_u=0.01),
+              FrameTransform(flip=True, roll_deg=-20.0, scale=0.95, shift_v=-0.02)):
+        r, d, k = t.apply(rgb, depth, K)
+        assert k[0, 0] == pytest.approx(t.scale * K[0, 0]) and k[0, 1] == 0.0
+        A = t.affine(H, W)
+        th = np.radians(t.roll_deg)
+        R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]) @ np.diag([-1.0 if t.flip else 1.0, 1.0])
+        for u, v in ((60, 90), (250, 200), (160, 120)):
+            z = depth[v, u]
+            u2, v2 = A @ [u, v, 1.0]
+            assert d[int(round(v2)), int(round(u2))] == z
+            XY = np.array([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1]]) * z
+            XY2 = np.array([(u2 - k[0, 2]) / k[0, 0], (v2 - k[1, 2]) / k[1, 1]]) * z
+            np.testing.assert_allclose(XY2, R @ XY, atol=1e-9)
+        masks, _ = _above_plane(rgb, depth, K)
+        back, _ = sample_with_transforms(_above_plane, rgb, depth, K, [t])[0]
+        inner = [m for m in masks if np.argwhere(m).min() > 30 and (np.argwhere(m).max(0) < [H - 30, W - 30]).all()]
+        assert len(inner) >= 3
+        for obj in inner:  # objects come back where they are, up to resampling at their borders
+            assert max(_iou(obj, m) for m in back) > 0.95
+    assert all(t.roll_deg == 0 for t in make_transforms(5, TTAConfig(), seed=0))
+    assert make_transforms(5, TTAConfig(), seed=0)[1:] != make_transforms(5, TTAConfig(max_roll_deg=15), seed=0)[1:]
+    with pytest.raises(ValueError, match="max_roll_deg"):
+        TTAConfig(max_roll_deg=-1).validate()
 
 
 def test_tta_masks_map_back_to_the_original_frame(big_frame):
