@@ -282,12 +282,13 @@ def sim_grasps(
 # ------------------------------------------------------------------------------------------ ONNX
 
 
-def onnx_latency(ckpt: Path, scenes_dir: Path, out_dir: Path, samples: int, p: float, n: int = 10) -> dict[str, Any]:
+def onnx_latency(ckpt: Path, scenes_dir: Path, out_dir: Path, samples: int, p: float, n: int = 10,
+                 depth_edge_m: float | None = DEPTH_EDGE_M) -> dict[str, Any]:
     """Export the checkpoint and time the torch-free runtime per mode (1 thread, load excluded)."""
     from learner.deploy import export
     from learner.segmenter_runtime import Segmenter
 
-    export(ckpt, out_dir)
+    export(ckpt, out_dir, proposals={"depth_edge_m": 0 if depth_edge_m is None else depth_edge_m})
     seg = Segmenter.load(out_dir, threads=1)
     frames = [(s.rgb, s.depth, s.K) for s in scene_io.iter_scenes(scenes_dir, limit=n)]
     res = {}
@@ -471,7 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="comma-separated: tta, mc_dropout, latent (latent models only); the first one is the "
                          "headline (goal check, sim)")
     ap.add_argument("--depth-edge", type=float, default=DEPTH_EDGE_M,
-                    help="proposals: cut masks along depth jumps of this many metres, in every mode (negative: off)")
+                    help="proposals: cut masks along depth steps of at least this many metres, in every mode "
+                         "(negative: off)")
     ap.add_argument("--compare-methods", action="store_true",
                     help="also the other p-confidence method (nested, monotone in p) as confidence-nested/...")
     ap.add_argument("--sim-scenes", type=int, default=30, help="sim scenes for the grasp experiment (0 = skip)")
@@ -497,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"unknown sampler {name!r} (expected some of {', '.join(METHODS)})")
         samplers[name] = SamplerConfig(method=name, samples=a.samples, seed=a.seed, dropout_rate=a.dropout_rate,
                                        tta=TTAConfig(scale_range=tuple(a.tta_scale), max_shift=a.tta_shift,
-                                                                 max_roll_deg=a.tta_roll))
+                                                     max_roll_deg=a.tta_roll))
     edge = None if a.depth_edge < 0 else a.depth_edge
     cfg = BenchConfig(ps=a.ps, samples=a.samples, goal_p=a.goal_p, samplers=samplers, seed=a.seed,
                       compare_methods=a.compare_methods, depth_edge_m=edge)
@@ -516,7 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from learner.deploy import resolve_checkpoint
 
         ckpt, _ = resolve_checkpoint(a.model.split(",")[0])
-        res["onnx_latency"] = onnx_latency(ckpt, Path(a.scenes), out / "onnx", a.samples, a.goal_p, a.onnx_frames)
+        res["onnx_latency"] = onnx_latency(ckpt, Path(a.scenes), out / "onnx", a.samples, a.goal_p, a.onnx_frames,
+                                           edge)
     if a.sim_scenes > 0:
         from learner.sampling import predict
 

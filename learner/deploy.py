@@ -455,7 +455,7 @@ def export(
             "seed_nms_kernel": 3,
             "table_gate": "pixels with depth whose height above the fitted plane is <= table_gate_m metres are "
             "removed from every mask (null: off); then, if largest_component, the mask is cut along depth "
-            "jumps: pixels with a 4-neighbour nearer by more than depth_edge_m metres (missing depth first "
+            "steps: pixels with a 4-neighbour nearer by depth_edge_m metres or more (missing depth first "
             "filled with the farthest valid depth within 2 pixels; null: no cut), and only its largest "
             "4-connected component is kept, plus the cut pixels that are not behind it",
             "score_description": "mask: mean mask probability in the mask; objectness_x_mask: that times the "
