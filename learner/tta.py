@@ -12,8 +12,9 @@ A `FrameTransform` is, in this order:
   lengths, exact for fx = fy; off by default);
 - a zoom by `scale` about the image centre ((W - 1)/2, (H - 1)/2) and a shift by
   (shift_u W, shift_v H) pixels. K is updated consistently: fx' = s fx, fy' = s fy,
-  cx' = a cx + b_u, cy' = s cy + b_v (a = -s with a flip, else s), so the camera-frame XYZ the network
-  sees for a surface point do not change (up to the mirror) -- only its image-space sampling does;
+  cx' = a cx + b_u, cy' = s cy + b_v (a = -s with a flip, else s; with a roll the principal point
+  moves like any pixel, (cx', cy') = A (cx, cy, 1)), so the camera-frame XYZ the network sees for a
+  surface point do not change (up to the mirror and the roll) -- only its image-space sampling does;
 - photometric/depth noise: RGB gain, additive Gaussian depth noise (metres, valid pixels only) and
   random depth dropout (pixels set to 0 = missing).
 Pixels that come from outside the original image get missing depth and replicated RGB. Geometry is in
