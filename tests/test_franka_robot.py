@@ -198,23 +198,33 @@ def test_control_exception_from_a_preempted_push_is_recovered(franky_sim_host, m
         assert again.executed, again.reason
 
 
+def _fail_nth_cartesian_move(robot: FrankaRobot, monkeypatch, n: int, error: Exception) -> list:
+    """The n-th Cartesian motion (1-based) sent to franky raises `error` instead of running; every other
+    motion runs on franky-sim. Returns the list of Cartesian motions sent, the failed one included."""
+    import franky
+
+    real_move = robot._robot.move
+    cartesian = []
+
+    def move(motion, *a, **k):
+        if isinstance(motion, franky.CartesianMotion):
+            cartesian.append(motion)
+            if len(cartesian) == n:
+                raise error
+        return real_move(motion, *a, **k)
+
+    monkeypatch.setattr(robot._robot, "move", move)
+    return cartesian
+
+
 def test_injected_control_exception_in_a_grasp_is_recovered(franky_sim_host, monkeypatch):
     """franky raises ControlException for a reflex (e.g. cartesian_reflex); inject one into the descent."""
     import franky
 
     with FrankaRobot(fast_config(franky_sim_host)) as robot:
         frame = robot.get_observation()
-        real_move = robot._robot.move
-        cartesian = []
-
-        def move(motion, *a, **k):
-            if isinstance(motion, franky.CartesianMotion):
-                cartesian.append(motion)
-                if len(cartesian) == 2:  # the descent
-                    raise franky.ControlException("injected: cartesian_reflex")
-            return real_move(motion, *a, **k)
-
-        monkeypatch.setattr(robot._robot, "move", move)
+        # motion 2 is the descent
+        cartesian = _fail_nth_cartesian_move(robot, monkeypatch, 2, franky.ControlException("injected: cartesian_reflex"))
         spy = []
         real_recover = robot._robot.recover_from_errors
         monkeypatch.setattr(robot._robot, "recover_from_errors", lambda: (spy.append(1), real_recover())[1])
@@ -233,21 +243,9 @@ def test_injected_control_exception_in_a_grasp_is_recovered(franky_sim_host, mon
 def test_motion_planner_failure_mid_motion_is_recovered(franky_sim_host, monkeypatch):
     """franky raises a Ruckig failure as a plain RuntimeError ("Motion planner failed with error code
     -111"); inject one into a poke's approach: a failed interaction, not a crashed loop."""
-    import franky
-
     with FrankaRobot(fast_config(franky_sim_host)) as robot:
         frame = robot.get_observation()
-        real_move = robot._robot.move
-        calls = []
-
-        def move(motion, *a, **k):
-            if isinstance(motion, franky.CartesianMotion):
-                calls.append(motion)
-                if len(calls) == 1:
-                    raise RuntimeError("Motion planner failed with error code -111")
-            return real_move(motion, *a, **k)
-
-        monkeypatch.setattr(robot._robot, "move", move)
+        _fail_nth_cartesian_move(robot, monkeypatch, 1, RuntimeError("Motion planner failed with error code -111"))
         out = robot.send_action(Action(Primitive.POKE, box_top_pixel(frame), 0.0, 0.04))
         assert not out.executed and out.reason == "motion_planner_failed"
         assert "-111" in out.info["error"] and robot.recoveries == 1
