@@ -9,12 +9,14 @@ triggered with a threshold below zero and the ControlException by preempting a m
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -27,6 +29,16 @@ from tests import franka_helpers
 from tests.franka_helpers import box_top_pixel, fast_config, pixel_of
 
 franky_sim_host = franka_helpers.franky_sim_host  # the session fixture (a franky-sim server on loopback)
+
+
+@pytest.fixture(autouse=True)
+def _free_franky_connections():
+    """franky closes its connection only when its Robot object is freed, and franky-sim serves one client
+    at a time. A reference cycle through a robot (an exception kept alive holds its traceback, whose
+    frames hold the robot) keeps it past its test until the garbage collector happens to run, and the
+    next test's connect hangs until then: collect such cycles after every test."""
+    yield
+    gc.collect()
 
 ROOT = Path(__file__).resolve().parent.parent
 HOME = np.array(FrankaConfig().home_joints)
@@ -198,9 +210,14 @@ def test_control_exception_from_a_preempted_push_is_recovered(franky_sim_host, m
         assert again.executed, again.reason
 
 
-def _fail_nth_cartesian_move(robot: FrankaRobot, monkeypatch, n: int, error: Exception) -> list:
-    """The n-th Cartesian motion (1-based) sent to franky raises `error` instead of running; every other
-    motion runs on franky-sim. Returns the list of Cartesian motions sent, the failed one included."""
+def _fail_nth_cartesian_move(robot: FrankaRobot, monkeypatch, n: int, make_error: Callable[[], Exception]) -> list:
+    """The n-th Cartesian motion (1-based) sent to franky raises make_error() instead of running; every
+    other motion runs on franky-sim. Returns the list of Cartesian motions sent, the failed one included.
+
+    The error is made when it is raised, not kept: a raised exception holds its traceback, whose frames
+    hold the robot, so an instance kept in this closure would keep franky's connection open after the
+    test (a reference cycle, freed only by the garbage collector), and franky-sim, which serves one
+    client at a time, would leave the next test's connect hanging."""
     import franky
 
     real_move = robot._robot.move
@@ -210,7 +227,7 @@ def _fail_nth_cartesian_move(robot: FrankaRobot, monkeypatch, n: int, error: Exc
         if isinstance(motion, franky.CartesianMotion):
             cartesian.append(motion)
             if len(cartesian) == n:
-                raise error
+                raise make_error()
         return real_move(motion, *a, **k)
 
     monkeypatch.setattr(robot._robot, "move", move)
@@ -224,7 +241,8 @@ def test_injected_control_exception_in_a_grasp_is_recovered(franky_sim_host, mon
     with FrankaRobot(fast_config(franky_sim_host)) as robot:
         frame = robot.get_observation()
         # motion 2 is the descent
-        cartesian = _fail_nth_cartesian_move(robot, monkeypatch, 2, franky.ControlException("injected: cartesian_reflex"))
+        cartesian = _fail_nth_cartesian_move(robot, monkeypatch, 2,
+                                             lambda: franky.ControlException("injected: cartesian_reflex"))
         spy = []
         real_recover = robot._robot.recover_from_errors
         monkeypatch.setattr(robot._robot, "recover_from_errors", lambda: (spy.append(1), real_recover())[1])
@@ -245,7 +263,7 @@ def test_motion_planner_failure_mid_motion_is_recovered(franky_sim_host, monkeyp
     -111"); inject one into a poke's approach: a failed interaction, not a crashed loop."""
     with FrankaRobot(fast_config(franky_sim_host)) as robot:
         frame = robot.get_observation()
-        _fail_nth_cartesian_move(robot, monkeypatch, 1, RuntimeError("Motion planner failed with error code -111"))
+        _fail_nth_cartesian_move(robot, monkeypatch, 1, lambda: RuntimeError("Motion planner failed with error code -111"))
         out = robot.send_action(Action(Primitive.POKE, box_top_pixel(frame), 0.0, 0.04))
         assert not out.executed and out.reason == "motion_planner_failed"
         assert "-111" in out.info["error"] and robot.recoveries == 1
