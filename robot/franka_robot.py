@@ -365,24 +365,14 @@ class FrankaRobot(Robot):
         self._parked = False
         try:
             self._execute(steps, state)
-        except self._franky.ControlException as e:
-            failed = state.get("step", "?")
-            self._recover(e, failed)
-            return Outcome(False, "control_exception", target_robot=target, duration_s=time.perf_counter() - t0,
-                           info={"error": str(e), "failed_step": failed, "motions": state["trace"], "plan": plan})
-        except RuntimeError as e:
-            if not self._planner_failure(e):
+        except (self._franky.ControlException, RuntimeError) as e:
+            if isinstance(e, RuntimeError) and not self._planner_failure(e):
                 raise
-            failed = state.get("step", "?")
-            self._recover(e, failed)
-            return Outcome(False, "motion_planner_failed", target_robot=target, duration_s=time.perf_counter() - t0,
-                           info={"error": str(e), "failed_step": failed, "motions": state["trace"], "plan": plan})
+            reason = "control_exception" if isinstance(e, self._franky.ControlException) else "motion_planner_failed"
+            return self._failed_interaction(reason, e, state, target, t0, plan)
         except (self._franky.CommandException, self._franky.GripperException) as e:
-            failed = state.get("step", "?")
-            log.error("%s failed at %s: %s", prim.value, failed, e)
-            self._recover(e, failed)
-            return Outcome(False, "command_exception", target_robot=target, duration_s=time.perf_counter() - t0,
-                           info={"error": str(e), "failed_step": failed, "motions": state["trace"], "plan": plan})
+            log.error("%s failed at %s: %s", prim.value, state.get("step", "?"), e)
+            return self._failed_interaction("command_exception", e, state, target, t0, plan)
         return Outcome(True, "", target_robot=target,
                        grasp_success=state["grasp_success"] if prim == Primitive.GRASP else None,
                        duration_s=time.perf_counter() - t0,
@@ -563,6 +553,15 @@ class FrankaRobot(Robot):
                 log.debug("hand still %.1f mm from its desired pose %.1f s after the motion", 1000 * err, timeout_s)
                 return
             time.sleep(0.02)
+
+    def _failed_interaction(self, reason: str, error: Exception, state: dict[str, Any], target: np.ndarray, t0: float,
+                            plan: list[str]) -> Outcome:
+        """Recover after `error` stopped an interaction's motions (`_recover`); its Outcome, with the step
+        that failed and the motions run until then. t0: perf_counter() at the start of send_action."""
+        failed = state.get("step", "?")
+        self._recover(error, failed)
+        return Outcome(False, reason, target_robot=target, duration_s=time.perf_counter() - t0,
+                       info={"error": str(error), "failed_step": failed, "motions": state["trace"], "plan": plan})
 
     @staticmethod
     def _planner_failure(error: BaseException) -> bool:
