@@ -45,7 +45,7 @@ import torch
 
 from data import scene_io
 from learner import metrics
-from learner.mask_cleaning import DEPTH_EDGE_M
+from learner.mask_cleaning import CONTESTED_OVERLAP, DEPTH_EDGE_M
 from learner.mask_sets import ConfidenceConfig, confidence_masks, prepare_samples, sample_diversity, union_nms
 from learner.sampling import METHODS, SamplerConfig, ensemble_samples, sample_hypotheses
 from learner.tta import TTAConfig
@@ -73,6 +73,7 @@ class BenchConfig:
     n_pick_samples: int = 500
     seed: int = 0
     depth_edge_m: float | None = DEPTH_EDGE_M  # the proposals' depth-edge cut (None: off), every mode alike
+    contested_overlap: float | None = CONTESTED_OVERLAP  # the proposals' contested-pixel rule (None: off), alike
 
     def validate(self) -> None:
         for p in self.ps:
@@ -154,7 +155,7 @@ def evaluate_scenes(
         times.setdefault(name, []).append(time.perf_counter() - t)
         return r
 
-    kw = {"depth_edge_m": cfg.depth_edge_m}
+    kw = {"depth_edge_m": cfg.depth_edge_m, "contested_overlap": cfg.contested_overlap}
     for k, sid in enumerate(ids):
         sc = scene_io.read_scene(scenes_dir, sid)
         samples_by = {}
@@ -283,12 +284,14 @@ def sim_grasps(
 
 
 def onnx_latency(ckpt: Path, scenes_dir: Path, out_dir: Path, samples: int, p: float, n: int = 10,
-                 depth_edge_m: float | None = DEPTH_EDGE_M) -> dict[str, Any]:
+                 depth_edge_m: float | None = DEPTH_EDGE_M,
+                 contested_overlap: float | None = CONTESTED_OVERLAP) -> dict[str, Any]:
     """Export the checkpoint and time the torch-free runtime per mode (1 thread, load excluded)."""
     from learner.deploy import export
     from learner.segmenter_runtime import Segmenter
 
-    export(ckpt, out_dir, proposals={"depth_edge_m": 0 if depth_edge_m is None else depth_edge_m})
+    export(ckpt, out_dir, proposals={"depth_edge_m": 0 if depth_edge_m is None else depth_edge_m,
+                                     "contested_overlap": 0 if contested_overlap is None else contested_overlap})
     seg = Segmenter.load(out_dir, threads=1)
     frames = [(s.rgb, s.depth, s.K) for s in scene_io.iter_scenes(scenes_dir, limit=n)]
     res = {}
@@ -324,7 +327,8 @@ def format_markdown(res: dict[str, Any]) -> str:
     lines = [
         f"Model: `{res['model']}`; scenes: `{res['scenes']}` ({res['eval']['n_scenes']} scenes); k = {cfg['samples']} "
         f"samples; gripper radius {cfg['gripper_radius_m']} m, {cfg['n_pick_samples']} disks per scene; depth-edge "
-        f"cut of the proposals: {'off' if cfg.get('depth_edge_m') is None else str(cfg['depth_edge_m']) + ' m'}.",
+        f"cut of the proposals: {'off' if cfg.get('depth_edge_m') is None else str(cfg['depth_edge_m']) + ' m'}; "
+        f"contested pixels removed below an overlap of: {'off' if cfg.get('contested_overlap') is None else cfg['contested_overlap']}.",
         "",
         "DP: pooled like learner.eval_harness (the same number of disks in every scene); DP (area-weighted):",
         "every scene weighted by its gripper-fit area, i.e. disks dropped uniformly on the images as in",
@@ -474,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--depth-edge", type=float, default=DEPTH_EDGE_M,
                     help="proposals: cut masks along depth steps of at least this many metres, in every mode "
                          "(negative: off)")
+    ap.add_argument("--contested", type=float, default=CONTESTED_OVERLAP,
+                    help="proposals: remove pixels shared by proposals overlapping by less than this share of "
+                         "the smaller one, in every mode (negative: off)")
     ap.add_argument("--compare-methods", action="store_true",
                     help="also the other p-confidence method (nested, monotone in p) as confidence-nested/...")
     ap.add_argument("--sim-scenes", type=int, default=30, help="sim scenes for the grasp experiment (0 = skip)")
@@ -501,8 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        tta=TTAConfig(scale_range=tuple(a.tta_scale), max_shift=a.tta_shift,
                                                      max_roll_deg=a.tta_roll))
     edge = None if a.depth_edge < 0 else a.depth_edge
+    contested = None if a.contested < 0 else a.contested
     cfg = BenchConfig(ps=a.ps, samples=a.samples, goal_p=a.goal_p, samplers=samplers, seed=a.seed,
-                      compare_methods=a.compare_methods, depth_edge_m=edge)
+                      compare_methods=a.compare_methods, depth_edge_m=edge,
+                      contested_overlap=contested)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -519,18 +528,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ckpt, _ = resolve_checkpoint(a.model.split(",")[0])
         res["onnx_latency"] = onnx_latency(ckpt, Path(a.scenes), out / "onnx", a.samples, a.goal_p, a.onnx_frames,
-                                           edge)
+                                           edge, contested)
     if a.sim_scenes > 0:
         from learner.sampling import predict
 
         sampler = samplers[headline]
 
         def single(frame):
-            return predict(model, frame.rgb, frame.depth, frame.K, mode="mean", depth_edge_m=edge)
+            return predict(model, frame.rgb, frame.depth, frame.K, mode="mean", depth_edge_m=edge,
+                           contested_overlap=contested)
 
         def conf(frame):
             return predict(model, frame.rgb, frame.depth, frame.K, mode="confidence", p=a.goal_p, sampler=sampler,
-                           depth_edge_m=edge)
+                           depth_edge_m=edge, contested_overlap=contested)
 
         res["sim"] = sim_grasps({"single": single, f"confidence p={a.goal_p:g} ({sampler.method})": conf},
                                 a.sim_scenes, a.sim_grasps, seed=a.seed, clutter=a.sim_clutter,

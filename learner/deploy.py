@@ -145,7 +145,8 @@ def _default_proposal_params() -> dict[str, Any]:
     sp = inspect.signature(propose).parameters
     so = inspect.signature(propose_from_output).parameters
     p = {k: sp[k].default for k in ("max_hypotheses", "objectness_threshold", "nms_iou", "mask_threshold",
-                                    "table_gate_m", "largest_component", "score", "depth_edge_m")}
+                                    "table_gate_m", "largest_component", "score", "depth_edge_m",
+                                    "contested_overlap")}
     p["min_area"] = so["min_area"].default
     p["max_seeds"] = so["max_seeds"].default
     return p
@@ -163,6 +164,8 @@ def _check_proposal_params(pp: dict[str, Any]) -> None:
         raise DeployError(f"table_gate_m must be null or in [0, 0.1] metres, got {pp['table_gate_m']}")
     if pp["depth_edge_m"] is not None and not 0.0 < float(pp["depth_edge_m"]) <= 0.5:
         raise DeployError(f"depth_edge_m must be null or in (0, 0.5] metres, got {pp['depth_edge_m']}")
+    if pp["contested_overlap"] is not None and not 0.0 < float(pp["contested_overlap"]) <= 1.0:
+        raise DeployError(f"contested_overlap must be null or in (0, 1], got {pp['contested_overlap']}")
     if pp["score"] not in PROPOSAL_SCORES:
         raise DeployError(f"score must be one of {PROPOSAL_SCORES}, got {pp['score']!r}")
 
@@ -330,8 +333,8 @@ def export(
     for k, v in (proposals or {}).items():
         if k not in pp:
             raise DeployError(f"unknown proposal parameter {k!r}; expected one of {sorted(pp)}")
-        if k == "depth_edge_m" and v is not None and float(v) <= 0:
-            pp[k] = None  # 0 or negative: no depth-edge cut (None means "the default" here)
+        if k in ("depth_edge_m", "contested_overlap") and v is not None and float(v) <= 0:
+            pp[k] = None  # 0 or negative: no depth-edge cut / contested-pixel rule (None means "the default" here)
         elif v is not None:
             pp[k] = v
     _check_proposal_params(pp)
@@ -450,7 +453,7 @@ def export(
         "proposals": {
             **{k: pp[k] for k in ("max_hypotheses", "max_seeds", "objectness_threshold", "nms_iou",
                                   "mask_threshold", "min_area", "table_gate_m", "depth_edge_m", "largest_component",
-                                  "score")},
+                                  "score", "contested_overlap")},
             "max_seeds_default": "null = 3 x max_hypotheses",
             "seed_nms_kernel": 3,
             "table_gate": "pixels with depth whose height above the fitted plane is <= table_gate_m metres are "
@@ -458,6 +461,9 @@ def export(
             "steps: pixels with a 4-neighbour nearer by depth_edge_m metres or more (missing depth first "
             "filled with the farthest valid depth within 2 pixels; null: no cut), and only its largest "
             "4-connected component is kept, plus the cut pixels that are not behind it",
+            "contested": "after the NMS, two kept masks sharing pixels, fewer than contested_overlap x the smaller "
+            "one's area, both lose the shared pixels (decided on the masks before any removal); masks left with "
+            "fewer than min_area pixels are dropped; scores unchanged (null: off)",
             "score_description": "mask: mean mask probability in the mask; objectness_x_mask: that times the "
             "mean objectness probability in the mask",
         },
@@ -891,6 +897,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--max-seeds", type=int)
     e.add_argument("--depth-edge", type=float, dest="depth_edge_m",
                    help="cut masks along depth steps of at least this many metres (0: no cut; default 0.02)")
+    e.add_argument("--contested", type=float, dest="contested_overlap",
+                   help="remove the pixels two masks share when that is less than this share of the smaller one "
+                        "(0: off; default 0.25)")
 
     p = sub.add_parser("predict", help="segment RGB-D frames with an exported model (no torch needed)")
     p.add_argument("--model", required=True, help="export directory or .onnx file")
@@ -928,7 +937,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "export":
             props = {k: getattr(args, k) for k in ("max_hypotheses", "objectness_threshold", "nms_iou",
-                                                   "mask_threshold", "min_area", "max_seeds", "depth_edge_m")}
+                                                   "mask_threshold", "min_area", "max_seeds", "depth_edge_m",
+                                                   "contested_overlap")}
             card = export(args.src, args.out, args.size, args.torchscript, props, mc_dropout=not args.no_mc_dropout)
             print(f"exported {card['training']['source']} -> {Path(args.out) / ONNX_NAME} "
                   f"({card['input']['width']}x{card['input']['height']}, model version {card['model']['version']}, "

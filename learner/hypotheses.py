@@ -11,7 +11,10 @@
    decoder is about the region. `score="objectness_x_mask"` (the first exports) multiplies it by
    the mean objectness probability; on val the plain mask confidence ranked masks better
    (docs/benchmarks.md, "Proposal post-processing");
-5. greedy mask-IoU NMS, sorted by score, at most `max_hypotheses`.
+5. greedy mask-IoU NMS, sorted by score, at most `max_hypotheses`;
+6. contested pixels (`mask_cleaning.release_contested`): pixels shared by two kept proposals of
+   different objects (overlap below `contested_overlap` of the smaller one) are removed from both;
+   proposals left smaller than `min_area` are dropped. Scores stay those of step 4.
 
 `propose_from_output` works on a forward() output (torch in, torch out) and is what the trainer and
 the deploy code share; `propose` wraps preprocessing + forward for one numpy/torch RGB-D frame.
@@ -25,7 +28,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .mask_cleaning import DEPTH_EDGE_M, PROPOSAL_SCORES, TABLE_GATE_M, clean_mask, depth_edges, table_pixels
+from .mask_cleaning import (
+    CONTESTED_OVERLAP,
+    DEPTH_EDGE_M,
+    PROPOSAL_SCORES,
+    TABLE_GATE_M,
+    clean_mask,
+    depth_edges,
+    release_contested,
+    table_pixels,
+)
 from .model import PointSegmenter, SegmenterConfig, decode_masks, grid_centres
 from .preprocess import HEIGHT_SCALE_M, XYZ_SCALE_M, make_input, resize_rgbd
 
@@ -119,6 +131,7 @@ def propose_from_output(
     score: str = "mask",
     latent_rng: np.random.Generator | None = None,
     depth_edge_m: float | None = DEPTH_EDGE_M,
+    contested_overlap: float | None = CONTESTED_OVERLAP,
 ) -> list[Hypotheses]:
     """Proposals for every image of a forward() output (masks at image_size = network input size).
 
@@ -128,6 +141,7 @@ def propose_from_output(
     depth_edge_m: with largest_component, cut masks along depth steps of at least this many metres
     first (`mask_cleaning.depth_edges`, from the input's z channel; None: off; needs inputs).
     score: "mask" or "objectness_x_mask" (see the module docstring).
+    contested_overlap: step 6's overlap share (None: off).
     latent_rng: latent models only: every seed decodes with its own sample of the prior
     p(z | image, seed), eps ~ N(0, I) drawn from this generator (float32, seeds strongest first, as the
     deploy runtime draws them); None = the prior mean.
@@ -178,7 +192,12 @@ def propose_from_output(
         ok = area >= max(min_area, 1)
         masks, scores, p_i = masks[ok], scores[ok], p_i[ok]
         keep = mask_nms(masks, scores, nms_iou)[:max_hypotheses]
-        results.append(Hypotheses(masks[keep], scores[keep], p_i[keep]))
+        masks, scores, p_i = masks[keep], scores[keep], p_i[keep]
+        if contested_overlap is not None and masks.shape[0] > 1:
+            masks = torch.from_numpy(release_contested(masks.cpu().numpy(), contested_overlap)).to(masks.device)
+            ok = masks.sum(dim=(1, 2)) >= max(min_area, 1)
+            masks, scores, p_i = masks[ok], scores[ok], p_i[ok]
+        results.append(Hypotheses(masks, scores, p_i))
     return results
 
 
@@ -219,6 +238,7 @@ def propose(
     largest_component: bool = True,
     score: str = "mask",
     depth_edge_m: float | None = DEPTH_EDGE_M,
+    contested_overlap: float | None = CONTESTED_OVERLAP,
 ):
     """Hypotheses for ONE RGB-D frame (rgb (H,W,3) uint8, depth (H,W) metres, K (3,3)).
 
@@ -233,7 +253,8 @@ def propose(
         model, rgb, depth, K, samples=1, include_mean=True, max_hypotheses=max_hypotheses,
         objectness_threshold=objectness_threshold, nms_iou=nms_iou, mask_threshold=mask_threshold,
         net_size=net_size, return_points=return_points, table_gate_m=table_gate_m,
-        largest_component=largest_component, score=score, depth_edge_m=depth_edge_m)[0]
+        largest_component=largest_component, score=score, depth_edge_m=depth_edge_m,
+        contested_overlap=contested_overlap)[0]
 
 
 @torch.no_grad()

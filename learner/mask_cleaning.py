@@ -17,6 +17,11 @@ Three rules, all from the robot's own depth (no simulator ground truth):
 - **largest component**: UOIS-Net's mask cleaning keeps one connected blob per object; a
   point-conditioned mask that leaks onto a second, disconnected object keeps only its largest
   4-connected component.
+- **contested pixels** (`release_contested`, on the final proposals of one image): where two
+  proposals of *different* objects overlap (the overlap is less than `CONTESTED_OVERLAP` of the
+  smaller one), the shared pixels are removed from both: the prediction cannot tell which object
+  they belong to, and a gripper placed there may touch both. Proposals that are mostly inside one
+  another (a part and its whole) are alternatives, not neighbours, and keep their pixels.
 
 Chosen on the val split (docs/benchmarks.md: "Proposal post-processing"; the cut and its 20 mm:
 "Depth-edge cut of the proposals on val").
@@ -31,6 +36,10 @@ import numpy as np
 
 TABLE_GATE_M = 0.005
 DEPTH_EDGE_M = 0.02
+# two proposals whose overlap is below this share of the smaller one are different objects, and the
+# pixels they share are contested (`release_contested`; chosen on val, docs/benchmarks.md "Contested
+# pixels")
+CONTESTED_OVERLAP = 0.25
 # depth is quantised to whole millimetres (uint16 sensors, the sim camera): a jump counts from
 # jump_m - this, so that float rounding (torch vs numpy input paths) cannot flip a 20 mm step
 _JUMP_TOL_M = 0.00025
@@ -63,6 +72,36 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     if n <= 2:
         return m
     return lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def contested_pairs(areas: np.ndarray, inter: np.ndarray, max_overlap: float) -> list[tuple[int, int]]:
+    """Index pairs (i, j), i < j, of proposals of different objects: they share pixels, but fewer
+    than max_overlap x the smaller one's area. areas (N,) and inter (N, N) are pixel counts."""
+    n = int(areas.shape[0])
+    return [(i, j) for i in range(n) for j in range(i + 1, n)
+            if 0 < int(inter[i, j]) < float(max_overlap) * float(min(int(areas[i]), int(areas[j])))]
+
+
+def release_contested(masks: np.ndarray, max_overlap: float | None = CONTESTED_OVERLAP) -> np.ndarray:
+    """(N, H, W) bool proposals of one image -> the same masks without their contested pixels: every
+    pixel shared by a pair of `contested_pairs` is removed from both (decided on the input masks, so
+    the order does not matter). max_overlap None: the masks unchanged."""
+    m = np.asarray(masks, bool)
+    if max_overlap is None or m.shape[0] < 2:
+        return m
+    flat = m.reshape(m.shape[0], -1)
+    cover = flat.any(axis=0)
+    x = flat[:, cover].astype(np.float32)  # float32 sums of 0/1 are exact below 2^24 pixels
+    inter = np.rint(x @ x.T).astype(np.int64)
+    pairs = contested_pairs(np.diag(inter), inter, max_overlap)
+    if not pairs:
+        return m
+    out = m.copy()
+    for i, j in pairs:
+        shared = m[i] & m[j]
+        out[i] &= ~shared
+        out[j] &= ~shared
+    return out
 
 
 # the 4-neighbour offsets (dv, du)

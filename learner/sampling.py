@@ -49,7 +49,8 @@ from learner.tta import TTAConfig, make_transforms, sample_with_transforms
 
 MODES = ("mean", "confidence", "union")
 METHODS = ("mc_dropout", "tta", "latent", "tta_latent")
-PROPOSAL_KEYS = ("max_hypotheses", "objectness_threshold", "nms_iou", "mask_threshold", "depth_edge_m")
+PROPOSAL_KEYS = ("max_hypotheses", "objectness_threshold", "nms_iou", "mask_threshold", "depth_edge_m",
+                 "contested_overlap")
 
 
 @dataclass

@@ -60,7 +60,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from learner.mask_cleaning import PROPOSAL_SCORES, DepthEdges, clean_mask, depth_edges, table_pixels
+from learner.mask_cleaning import (
+    PROPOSAL_SCORES,
+    DepthEdges,
+    clean_mask,
+    contested_pairs,
+    depth_edges,
+    table_pixels,
+)
 from learner.mask_sets import ConfidenceConfig, MaskSet, confidence_masks, union_nms
 from learner.table_plane import height_above_plane
 from learner.tta import TTAConfig, make_transforms, sample_with_transforms
@@ -564,14 +571,20 @@ class _Crop:
         return self.x0 + self.mask.shape[1]
 
 
-def _crop_iou(a: _Crop, b: _Crop) -> float:
+def _crop_overlap(a: _Crop, b: _Crop) -> tuple[int, int, int, int, np.ndarray] | None:
+    """Where two crops share pixels: the window (y0, y1, x0, x1) in network-input pixels and the
+    shared pixels inside it (bool); None if their boxes do not meet."""
     y0, y1 = max(a.y0, b.y0), min(a.y1, b.y1)
     x0, x1 = max(a.x0, b.x0), min(a.x1, b.x1)
-    inter = 0
-    if y0 < y1 and x0 < x1:
-        inter = int(np.count_nonzero(
-            a.mask[y0 - a.y0 : y1 - a.y0, x0 - a.x0 : x1 - a.x0] & b.mask[y0 - b.y0 : y1 - b.y0, x0 - b.x0 : x1 - b.x0]
-        ))
+    if y0 >= y1 or x0 >= x1:
+        return None
+    shared = a.mask[y0 - a.y0 : y1 - a.y0, x0 - a.x0 : x1 - a.x0] & b.mask[y0 - b.y0 : y1 - b.y0, x0 - b.x0 : x1 - b.x0]
+    return y0, y1, x0, x1, shared
+
+
+def _crop_iou(a: _Crop, b: _Crop) -> float:
+    ov = _crop_overlap(a, b)
+    inter = 0 if ov is None else int(np.count_nonzero(ov[4]))
     union = a.area + b.area - inter
     return float(np.float32(inter) / np.float32(max(union, 1)))
 
@@ -632,6 +645,28 @@ def _nms(crops: list[_Crop], scores: list[float], iou_threshold: float, max_keep
     return kept
 
 
+def _release_contested(crops: list[_Crop], max_overlap: float, min_area: int) -> list[int]:
+    """`mask_cleaning.release_contested` on crops (in place; the same pairs and pixels as on the full
+    masks), then the indices of the crops still holding at least min_area pixels."""
+    n = len(crops)
+    inter = np.zeros((n, n), np.int64)
+    shared: dict[tuple[int, int], tuple[int, int, int, int, np.ndarray]] = {}
+    for i in range(n):
+        for j in range(i + 1, n):
+            ov = _crop_overlap(crops[i], crops[j])
+            if ov is not None:
+                inter[i, j] = int(np.count_nonzero(ov[4]))
+                shared[i, j] = ov
+    areas = np.asarray([c.area for c in crops], np.int64)
+    for i, j in contested_pairs(areas, inter, max_overlap):  # every window was taken from the input masks
+        y0, y1, x0, x1, sh = shared[i, j]
+        for c in (crops[i], crops[j]):
+            c.mask[y0 - c.y0 : y1 - c.y0, x0 - c.x0 : x1 - c.x0] &= ~sh
+    for c in crops:
+        c.area = int(np.count_nonzero(c.mask))
+    return [i for i, c in enumerate(crops) if c.area >= max(int(min_area), 1)]
+
+
 def paste_masks(crops: list[_Crop], net_size: tuple[int, int], out_size: tuple[int, int]) -> np.ndarray:
     """Crops at the network resolution -> (N, H, W) bool at out_size (nearest-exact resize, the
     same as hypotheses.propose's F.interpolate(mode="nearest-exact") of the full masks)."""
@@ -669,6 +704,7 @@ def propose_from_heads(
     score: str = "mask",
     latent: tuple[np.ndarray, np.ndarray, np.random.Generator] | None = None,
     edges: DepthEdges | None = None,
+    contested_overlap: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Proposals for one image from the network heads ((1,)1,h,w / (1,)D,h,w / (1,)Kp,h,w).
 
@@ -677,7 +713,8 @@ def propose_from_heads(
     hypotheses.propose). table: (H,W) bool table pixels at the network input size
     (`mask_cleaning.table_pixels`), removed from every mask; None = no gate. edges: the depth
     discontinuities at the network input size (`mask_cleaning.depth_edges`), masks are cut along them
-    with largest_component; None = no cut. Returns masks (N,H',W')
+    with largest_component; None = no cut. contested_overlap: the kept masks lose the pixels they share
+    with a mask of a different object (`mask_cleaning.release_contested`); None = off. Returns masks (N,H',W')
     bool, scores (N,) float32, seed points (N,2) in network-input pixels, and the number of seeds.
     latent: (prior log-variance map ((1,)Z,h,w), weight (Kp,Z), rng) of a latent model: every seed
     decodes with its own prior sample, eps ~ N(0, I) float32 drawn from rng for the seeds strongest
@@ -742,6 +779,9 @@ def propose_from_heads(
     if not crops:
         return (*empty, n_seed)
     kept = _nms(crops, scores, nms_iou, max_hypotheses)
+    if contested_overlap is not None and len(kept) > 1:
+        kept_crops = [crops[i] for i in kept]
+        kept = [kept[i] for i in _release_contested(kept_crops, float(contested_overlap), need)]
     masks = paste_masks([crops[i] for i in kept], (H, W), out_size)
     return masks, np.asarray([scores[i] for i in kept], np.float32), np.stack([seeds[i] for i in kept]), n_seed
 
@@ -766,10 +806,11 @@ def interior_points(masks: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 _PROPOSAL_KEYS = ("max_hypotheses", "objectness_threshold", "nms_iou", "mask_threshold", "max_seeds", "min_area",
-                  "table_gate_m", "largest_component", "score", "depth_edge_m")
-# what a card without the clean-up keys did (exports before the mask clean-up / the depth-edge cut existed)
+                  "table_gate_m", "largest_component", "score", "depth_edge_m", "contested_overlap")
+# what a card without the clean-up keys did (exports before the mask clean-up / the depth-edge cut / the
+# contested-pixel rule existed)
 _LEGACY_PROPOSALS = {"table_gate_m": None, "largest_component": False, "score": "objectness_x_mask",
-                     "depth_edge_m": None}
+                     "depth_edge_m": None, "contested_overlap": None}
 
 
 def _read_card(onnx_path: Path, card_path: Path | None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import torch
 
 from learner import deploy, preprocess
 from learner.hypotheses import OBJECTNESS_THRESHOLD, propose
-from learner.mask_cleaning import DEPTH_EDGE_M, TABLE_GATE_M
+from learner.mask_cleaning import CONTESTED_OVERLAP, DEPTH_EDGE_M, TABLE_GATE_M, release_contested
 from learner.model import PointSegmenter, SegmenterConfig
 from learner.segmenter_runtime import CARD_NAME, ONNX_NAME, InputError, ModelError, Segmenter
 
@@ -107,6 +107,7 @@ def test_export_card_and_files(tiny):
     assert card["proposals"]["max_seeds"] is None and card["proposals"]["objectness_threshold"] == OBJECTNESS_THRESHOLD
     assert card["proposals"]["table_gate_m"] == TABLE_GATE_M and card["proposals"]["largest_component"] is True
     assert card["proposals"]["depth_edge_m"] == DEPTH_EDGE_M
+    assert card["proposals"]["contested_overlap"] == CONTESTED_OVERLAP
     assert card["proposals"]["score"] == "mask"
     tr = card["training"]
     assert (tr["interactions"], tr["train_steps"], tr["oracle"]) == (42, 0, False)
@@ -167,6 +168,17 @@ def test_export_sets_or_disables_the_depth_edge_cut(tiny, tmp_path):
     assert card["proposals"]["depth_edge_m"] == 0.03
 
 
+def test_export_sets_or_disables_the_contested_pixel_rule(tiny, tmp_path):
+    with pytest.raises(deploy.DeployError, match="contested_overlap"):
+        deploy.export(tiny["run"], tmp_path / "big", proposals={"contested_overlap": 1.5}, check=False,
+                      mc_dropout=False)
+    assert deploy.main(["export", str(tiny["run"]), str(tmp_path / "off"), "--contested", "0", "--no-mc-dropout"]) == 0
+    assert Segmenter.load(tmp_path / "off").proposal_params["contested_overlap"] is None
+    card = deploy.export(tiny["run"], tmp_path / "on", proposals={"contested_overlap": 0.5}, check=False,
+                         mc_dropout=False)
+    assert card["proposals"]["contested_overlap"] == 0.5
+
+
 # ------------------------------------------------------------------------------ runtime vs torch
 
 
@@ -201,10 +213,35 @@ def test_runtime_clean_up_options_match_torch(tiny, scenes):
     """Each clean-up switch gives the same proposals in the runtime as in torch."""
     sc = _scene(scenes, 1)
     for kw in ({"table_gate_m": None}, {"largest_component": False}, {"score": "objectness_x_mask"},
-               {"depth_edge_m": None}, {"depth_edge_m": 0.01}):
+               {"depth_edge_m": None}, {"depth_edge_m": 0.01}, {"contested_overlap": None},
+               {"contested_overlap": 0.6}):
         with torch.no_grad():
             masks, scores = propose(tiny["model"], sc.rgb, sc.depth, sc.K, **kw)
         _assert_same_proposals(tiny["seg"].predict(sc.rgb, sc.depth, sc.K, **kw), masks, scores)
+
+
+def test_runtime_contested_rule_on_crops_equals_the_full_mask_rule():
+    """The runtime frees contested pixels on bounding-box crops; that must equal
+    mask_cleaning.release_contested on the full masks (a tiny random net makes no such overlaps)."""
+    from learner import segmenter_runtime as rt
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        full = np.zeros((8, 40, 50), bool)
+        for m in full:  # random rectangles, some with a hole: partial, nested and no overlaps
+            y0, x0 = rng.integers(0, 30), rng.integers(0, 40)
+            m[y0 : y0 + rng.integers(4, 15), x0 : x0 + rng.integers(4, 15)] = True
+            m[y0 + 1, x0 + 1] = False
+        crops = []
+        for m in full:
+            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+            crop = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy()
+            crops.append(rt._Crop(int(rows[0]), int(cols[0]), crop, int(crop.sum())))
+        kept = rt._release_contested(crops, CONTESTED_OVERLAP, min_area=16)
+        ref = release_contested(full, CONTESTED_OVERLAP)
+        big = np.flatnonzero(ref.sum(axis=(1, 2)) >= 16)
+        assert kept == big.tolist()
+        np.testing.assert_array_equal(rt.paste_masks([crops[i] for i in kept], (40, 50), (40, 50)), ref[big])
 
 
 def test_card_without_clean_up_keys_keeps_the_old_proposals(tiny, scenes, tmp_path):
@@ -212,18 +249,20 @@ def test_card_without_clean_up_keys_keeps_the_old_proposals(tiny, scenes, tmp_pa
     shutil.copytree(tiny["out"], tmp_path / "old")
     card_path = tmp_path / "old" / CARD_NAME
     card = json.loads(card_path.read_text())
-    for k in ("table_gate_m", "largest_component", "score_description", "table_gate", "depth_edge_m"):
+    for k in ("table_gate_m", "largest_component", "score_description", "table_gate", "depth_edge_m",
+              "contested_overlap", "contested"):
         card["proposals"].pop(k)
     card["proposals"]["score"] = "mean objectness probability in the mask x mean mask probability in the mask"
     card["proposals"]["objectness_threshold"] = 0.5
     card_path.write_text(json.dumps(card))
     seg = Segmenter.load(tmp_path / "old")
     assert seg.proposal_params["score"] == "objectness_x_mask" and seg.proposal_params["table_gate_m"] is None
-    assert seg.proposal_params["depth_edge_m"] is None
+    assert seg.proposal_params["depth_edge_m"] is None and seg.proposal_params["contested_overlap"] is None
     sc = _scene(scenes, 1)
     with torch.no_grad():
         masks, scores = propose(tiny["model"], sc.rgb, sc.depth, sc.K, objectness_threshold=0.5, table_gate_m=None,
-                                largest_component=False, score="objectness_x_mask")
+                                largest_component=False, score="objectness_x_mask", depth_edge_m=None,
+                                contested_overlap=None)
     _assert_same_proposals(seg.predict(sc.rgb, sc.depth, sc.K), masks, scores)
 
 

@@ -6,7 +6,16 @@ import numpy as np
 import torch
 
 from learner.hypotheses import propose
-from learner.mask_cleaning import DEPTH_EDGE_M, clean_mask, depth_edges, largest_component, table_pixels
+from learner.mask_cleaning import (
+    CONTESTED_OVERLAP,
+    DEPTH_EDGE_M,
+    clean_mask,
+    contested_pairs,
+    depth_edges,
+    largest_component,
+    release_contested,
+    table_pixels,
+)
 from learner.model import SegmenterConfig, build_model
 from learner.preprocess import XYZ_SCALE_M, make_input
 from learner.table_plane import height_above_plane
@@ -181,3 +190,62 @@ def test_propose_cuts_masks_at_depth_edges():
         return sum(int((clean_mask(m, None, keep_largest=True, edges=edges) != m).any()) for m in ms)
     assert len(cut) and n_cuttable(cut) == 0
     assert n_cuttable(uncut) > 0
+
+
+def _box(r: slice, c: slice, shape=(20, 30)) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    m[r, c] = True
+    return m
+
+
+def test_release_contested_frees_pixels_two_objects_share_but_not_nested_ones():
+    a = _box(slice(0, 10), slice(0, 10))  # 100 px
+    b = _box(slice(0, 10), slice(8, 18))  # 100 px, shares 20 px (20% < 25%) with a: a neighbour
+    part = _box(slice(0, 10), slice(0, 5))  # inside a: an alternative, not a neighbour
+    edge = _box(slice(10, 20), slice(0, 10)) | _box(slice(5, 10), slice(0, 5))  # shares exactly 25% with a
+    out = release_contested(np.stack([a, b, part, edge]), CONTESTED_OVERLAP)
+    shared = a & b
+    assert shared.sum() == 20
+    assert (out[0] == (a & ~shared)).all() and (out[1] == (b & ~shared)).all()
+    assert (out[2] == part).all()  # nested: keeps every pixel, also those it shares with a
+    assert (out[3] == edge).all()  # 25% is not below 25%: not contested
+    # the decision is made on the input masks: order does not matter
+    perm = [3, 1, 0, 2]
+    assert (release_contested(np.stack([a, b, part, edge])[perm]) == out[perm]).all()
+    # a stricter rule frees more, off frees nothing
+    assert not release_contested(np.stack([a, edge]), 0.3)[0][5:10, 0:5].any()
+    assert (release_contested(np.stack([a, b]), None) == np.stack([a, b])).all()
+    assert contested_pairs(np.array([100, 100, 50]), np.array([[100, 20, 50], [20, 100, 0], [50, 0, 50]]),
+                           0.25) == [(0, 1)]
+
+
+def test_propose_frees_contested_pixels_of_its_own_proposals(monkeypatch):
+    """In a real pile, the rule is exactly release_contested on the proposals made without it (minus
+    masks left too small), and it frees pixels there. The decoder is replaced by disks of 30 px
+    radius around the query points (a random net's masks are all nested) and the clean-up is off (it
+    would cut the disks into disjoint object parts), so that neighbouring proposals overlap partly;
+    seeds, scores and NMS are the real ones."""
+    import learner.hypotheses as hyp
+
+    def disk_decoder(out, batch_index, points_uv, config, upsample=True, image_size=None, latent_eps=None):
+        H, W = image_size
+        v, u = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+        d2 = (u[None] - points_uv[:, 0, None, None]) ** 2 + (v[None] - points_uv[:, 1, None, None]) ** 2
+        return torch.where(d2 <= 30.0**2, 10.0, -10.0)
+
+    monkeypatch.setattr(hyp, "decode_masks", disk_decoder)
+    obs, _ = _frame(seed=5, clutter="piled")
+    torch.manual_seed(0)
+    model = build_model(SegmenterConfig()).eval()
+    with torch.no_grad():
+        model.obj_head.bias.fill_(5.0)  # every cell a seed candidate
+    kw = {"largest_component": False, "table_gate_m": None}
+    off, s_off = propose(model, obs["rgb"], obs["depth"], obs["K"], contested_overlap=None, **kw)
+    on, s_on = propose(model, obs["rgb"], obs["depth"], obs["K"], **kw)
+    released = release_contested(off, CONTESTED_OVERLAP)
+    big = released.sum(axis=(1, 2)) >= 16
+    assert (on == released[big]).all() and np.allclose(s_on, s_off[big])
+    freed = off[big] & ~on
+    assert freed.sum() > 100
+    # every freed pixel was covered by at least two proposals
+    assert (off.sum(axis=0)[freed.any(axis=0)] >= 2).all()
