@@ -1,7 +1,7 @@
 """Geometric clean-up of decoded object masks (numpy + OpenCV; shared by the torch proposal path in
 `learner.hypotheses` and the torch-free deploy runtime `learner.segmenter_runtime`).
 
-Three rules, all from the robot's own depth (no simulator ground truth):
+Four rules, none of them uses simulator ground truth (the first three read the robot's own depth):
 
 - **table gate**: a pixel whose measured point lies within `gate_m` metres of the dominant plane (the
   table, fitted by RANSAC in `learner.table_plane`; the network input carries it as channel 7) is
@@ -24,7 +24,7 @@ Three rules, all from the robot's own depth (no simulator ground truth):
   another (a part and its whole) are alternatives, not neighbours, and keep their pixels.
 
 Chosen on the val split (docs/benchmarks.md: "Proposal post-processing"; the cut and its 20 mm:
-"Depth-edge cut of the proposals on val").
+"Depth-edge cut of the proposals on val"; the contested-pixel share: "Contested pixels").
 """
 
 from __future__ import annotations
