@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from learner.mask_sets import intersection_counts
+
 TABLE_GATE_M = 0.005
 DEPTH_EDGE_M = 0.02
 # two proposals whose overlap is below this share of the smaller one are different objects, and the
@@ -89,10 +91,7 @@ def release_contested(masks: np.ndarray, max_overlap: float | None = CONTESTED_O
     m = np.asarray(masks, bool)
     if max_overlap is None or m.shape[0] < 2:
         return m
-    flat = m.reshape(m.shape[0], -1)
-    cover = flat.any(axis=0)
-    x = flat[:, cover].astype(np.float32)  # float32 sums of 0/1 are exact below 2^24 pixels
-    inter = np.rint(x @ x.T).astype(np.int64)
+    inter = intersection_counts(m)
     pairs = contested_pairs(np.diag(inter), inter, max_overlap)
     if not pairs:
         return m

@@ -56,6 +56,7 @@ __all__ = [
     "stack_samples",
     "prepare_samples",
     "PreparedSamples",
+    "intersection_counts",
 ]
 
 Sample = tuple[np.ndarray, np.ndarray]
@@ -192,6 +193,13 @@ def _pair_counts(X: np.ndarray) -> np.ndarray:
 
     with _single_thread_blas():
         return np.rint(X @ X.T).astype(np.float64)
+
+
+def intersection_counts(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool masks -> (N, N) int64 pixel counts of their pairwise intersections (the
+    diagonal holds the areas); exact, one-thread BLAS (`_pair_counts`)."""
+    m = np.asarray(masks, bool)
+    return _pair_counts(_union_pixels(m)[0]).astype(np.int64)
 
 
 @dataclass
