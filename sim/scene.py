@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 
 import cv2
@@ -92,6 +93,8 @@ class TableScene:
         self.table_body = -1
         self._texture_dir = tempfile.mkdtemp(prefix="tabletop_tex_")
         self._texture_files: list[str] = []
+        # removed by close(), or when the scene is garbage-collected or the interpreter exits unclosed
+        self._remove_textures = weakref.finalize(self, shutil.rmtree, self._texture_dir, ignore_errors=True)
 
     # ---------------------------------------------------------------- setup
     def make_textures(self, rng: np.random.Generator) -> None:
@@ -245,4 +248,4 @@ class TableScene:
         return best
 
     def close(self) -> None:
-        shutil.rmtree(self._texture_dir, ignore_errors=True)
+        self._remove_textures()

@@ -214,3 +214,21 @@ def test_fallen_objects_are_removed_and_scene_terminates():
         assert terminated
     finally:
         env.close()
+
+
+def test_table_textures_are_removed_with_or_without_close():
+    """The scene's temporary texture folder goes with env.close(), and with an env that is dropped unclosed."""
+    import gc
+    import os
+
+    closed, dropped = make_env("sparse"), make_env("sparse")
+    closed.reset(seed=0)
+    dropped.reset(seed=0)
+    paths = [closed.scene._texture_dir, dropped.scene._texture_dir]
+    assert all(os.path.isdir(p) and os.listdir(p) for p in paths)
+    closed.close()
+    assert not os.path.exists(paths[0])
+    pb.disconnect(physicsClientId=dropped.client)
+    del dropped
+    gc.collect()
+    assert not os.path.exists(paths[1])
