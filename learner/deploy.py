@@ -916,7 +916,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=10, help="samples per frame (--mode confidence/union)")
     p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0],
                    help="mc_dropout: channel dropout on the head trunk (needs segmenter_mc.onnx, written by export); "
-                        "tta: flips / zooms / shifts / noise of the frame")
+                        "tta: flips / rolls / zooms / shifts / noise of the frame")
     p.add_argument("--dropout-rate", type=float, default=DEFAULT_DROPOUT_RATE, help="MC-dropout channel drop rate")
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws")
 

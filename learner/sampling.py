@@ -2,7 +2,7 @@
 predictions built from them (Latent-MaskRCNN, Sec. IV; algorithms in `learner.mask_sets`).
 
 Samplers (`SamplerConfig.method`):
-- "tta" (default): test-time augmentation -- flip, zoom, shift with K updated consistently, RGB gain,
+- "tta" (default): test-time augmentation -- flip, roll, zoom, shift with K updated consistently, RGB gain,
   depth noise and dropout (`learner.tta`); every sample's masks are mapped back to the original frame.
 - "mc_dropout": channel dropout (`F.dropout2d`, kept active in eval mode) on the output of
   `model.<dropout_module>` (default the shared head trunk, right before the three heads), applied

@@ -38,7 +38,7 @@ high precision, fewer double picks) or Union-NMS masks (high recall) by `learner
 "mean" is `predict` (the prior mean). Samplers: "mc_dropout" runs the exported MC graph
 (`segmenter_mc.onnx`: the network with its head-trunk output multiplied by a per-channel input) with
 Bernoulli(1 - rate) / (1 - rate) channel factors, i.e. `F.dropout2d` as `learner.sampling` applies
-it in torch; "tta" (the default) perturbs the frame (`learner.tta`: flip / zoom / shift with K updated
+it in torch; "tta" (the default) perturbs the frame (`learner.tta`: flip / roll / zoom / shift with K updated
 consistently, RGB gain, depth noise) and maps the masks back; "latent" (latent exports, card key
 "latent") runs the network once and decodes every seed with its own draw from the learned prior
 (kernel parameters + weight @ (sigma(p) * eps)); "tta_latent" does both.

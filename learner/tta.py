@@ -8,8 +8,8 @@ why it is the deployed sampler (MC dropout would need the graph exported in trai
 A `FrameTransform` is, in this order:
 - an optional horizontal flip (u -> W - 1 - u); the flipped image is a valid pinhole image of the
   mirrored scene (X -> -X), so K keeps a positive focal length;
-- an optional in-plane rotation by `roll_deg` about the image centre (a camera roll; K keeps its focal
-  lengths, exact for fx = fy; off by default);
+- an in-plane rotation by `roll_deg` about the image centre (a camera roll; K keeps its focal
+  lengths, exact for fx = fy; up to +-15 degrees by default);
 - a zoom by `scale` about the image centre ((W - 1)/2, (H - 1)/2) and a shift by
   (shift_u W, shift_v H) pixels. K is updated consistently: fx' = s fx, fy' = s fy,
   cx' = a cx + b_u, cy' = s cy + b_v (a = -s with a flip, else s; with a roll the principal point
@@ -49,7 +49,8 @@ class TTAConfig:
     depth_dropout: share of valid depth pixels set to missing.
     include_identity: sample 0 is the unperturbed frame (its hypotheses are the prior-mean prediction).
     max_roll_deg: in-plane rotations drawn uniformly from [-max_roll_deg, max_roll_deg] degrees
-    (0 = none, and then the random draws are the same as before rotations existed).
+    (0 = none: then no rotation is drawn and the other draws are those of the code before rotations
+    existed). The default 15 was chosen on val (docs/benchmarks.md "Rolled TTA views with contested pixels").
     """
 
     flip: bool = True
@@ -59,7 +60,7 @@ class TTAConfig:
     depth_noise_m: float = 0.002
     depth_dropout: float = 0.01
     include_identity: bool = True
-    max_roll_deg: float = 0.0
+    max_roll_deg: float = 15.0
 
     def validate(self) -> None:
         lo, hi = (float(x) for x in self.scale_range)
