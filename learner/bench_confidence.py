@@ -45,7 +45,7 @@ import torch
 
 from data import scene_io
 from learner import metrics
-from learner.mask_cleaning import CONTESTED_OVERLAP, DEPTH_EDGE_M
+from learner.mask_cleaning import CONTESTED_OVERLAP, DEPTH_EDGE_M, contested_option
 from learner.mask_sets import ConfidenceConfig, confidence_masks, prepare_samples, sample_diversity, union_nms
 from learner.sampling import METHODS, SamplerConfig, ensemble_samples, sample_hypotheses
 from learner.tta import TTAConfig
@@ -478,9 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--depth-edge", type=float, default=DEPTH_EDGE_M,
                     help="proposals: cut masks along depth steps of at least this many metres, in every mode "
                          "(negative: off)")
-    ap.add_argument("--contested", type=float, default=CONTESTED_OVERLAP,
+    ap.add_argument("--contested", type=contested_option, default=CONTESTED_OVERLAP,
                     help="proposals: remove pixels shared by proposals overlapping by less than this share of "
-                         "the smaller one, in every mode (negative: off)")
+                         "the smaller one, in every mode (0 or negative: off)")
     ap.add_argument("--compare-methods", action="store_true",
                     help="also the other p-confidence method (nested, monotone in p) as confidence-nested/...")
     ap.add_argument("--sim-scenes", type=int, default=30, help="sim scenes for the grasp experiment (0 = skip)")
@@ -508,10 +508,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        tta=TTAConfig(scale_range=tuple(a.tta_scale), max_shift=a.tta_shift,
                                                      max_roll_deg=a.tta_roll))
     edge = None if a.depth_edge < 0 else a.depth_edge
-    contested = None if a.contested < 0 else a.contested
     cfg = BenchConfig(ps=a.ps, samples=a.samples, goal_p=a.goal_p, samplers=samplers, seed=a.seed,
                       compare_methods=a.compare_methods, depth_edge_m=edge,
-                      contested_overlap=contested)
+                      contested_overlap=a.contested)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -528,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ckpt, _ = resolve_checkpoint(a.model.split(",")[0])
         res["onnx_latency"] = onnx_latency(ckpt, Path(a.scenes), out / "onnx", a.samples, a.goal_p, a.onnx_frames,
-                                           edge, contested)
+                                           edge, a.contested)
     if a.sim_scenes > 0:
         from learner.sampling import predict
 
@@ -536,11 +535,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         def single(frame):
             return predict(model, frame.rgb, frame.depth, frame.K, mode="mean", depth_edge_m=edge,
-                           contested_overlap=contested)
+                           contested_overlap=a.contested)
 
         def conf(frame):
             return predict(model, frame.rgb, frame.depth, frame.K, mode="confidence", p=a.goal_p, sampler=sampler,
-                           depth_edge_m=edge, contested_overlap=contested)
+                           depth_edge_m=edge, contested_overlap=a.contested)
 
         res["sim"] = sim_grasps({"single": single, f"confidence p={a.goal_p:g} ({sampler.method})": conf},
                                 a.sim_scenes, a.sim_grasps, seed=a.seed, clutter=a.sim_clutter,

@@ -22,7 +22,7 @@ import torch
 
 from learner.eval_harness import add_eval_args, run_eval_cli
 from learner.hypotheses import OBJECTNESS_THRESHOLD, SCORES, propose
-from learner.mask_cleaning import CONTESTED_OVERLAP, DEPTH_EDGE_M, TABLE_GATE_M
+from learner.mask_cleaning import CONTESTED_OVERLAP, DEPTH_EDGE_M, TABLE_GATE_M, contested_option
 from learner.model import PointSegmenter, SegmenterConfig, build_model
 
 
@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(negative: off)")
     ap.add_argument("--depth-edge", type=float, default=DEPTH_EDGE_M,
                     help="cut masks along depth steps of at least this many metres (negative: off)")
-    ap.add_argument("--contested", type=float, default=CONTESTED_OVERLAP,
+    ap.add_argument("--contested", type=contested_option, default=CONTESTED_OVERLAP,
                     help="remove pixels shared by two proposals overlapping by less than this share of the "
-                         "smaller one (learner.mask_cleaning.release_contested; negative: off)")
+                         "smaller one (learner.mask_cleaning.release_contested; 0 or negative: off)")
     ap.add_argument("--no-largest-component", action="store_true", help="keep every component of a mask")
     ap.add_argument("--score", default=SCORES[0], choices=list(SCORES), help="proposal score")
     ap.add_argument("--objectness-threshold", type=float, default=OBJECTNESS_THRESHOLD,
@@ -75,13 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     gate = None if a.table_gate < 0 else a.table_gate
     edge = None if a.depth_edge < 0 else a.depth_edge
-    contested = None if a.contested < 0 else a.contested
 
     def predict(rgb, depth, K):
         with torch.no_grad():
             return propose(model, rgb, depth, K, table_gate_m=gate, largest_component=not a.no_largest_component,
                            score=a.score, objectness_threshold=a.objectness_threshold, depth_edge_m=edge,
-                           contested_overlap=contested)
+                           contested_overlap=a.contested)
 
     name = a.name or ("oracle (supervised on sim GT)" if ckpt.get("oracle") else "self-supervised")
     run_eval_cli(predict, name.replace(" ", "_").replace("(", "").replace(")", ""), a)

@@ -29,6 +29,8 @@ Chosen on the val split (docs/benchmarks.md: "Proposal post-processing"; the cut
 
 from __future__ import annotations
 
+import argparse
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -78,10 +80,26 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def contested_pairs(areas: np.ndarray, inter: np.ndarray, max_overlap: float) -> list[tuple[int, int]]:
     """Index pairs (i, j), i < j, of proposals of different objects: they share pixels, but fewer
-    than max_overlap x the smaller one's area. areas (N,) and inter (N, N) are pixel counts."""
+    than max_overlap x the smaller one's area. areas (N,) and inter (N, N) are pixel counts.
+    max_overlap must lie in (0, 1] (ValueError otherwise)."""
+    if not 0.0 < float(max_overlap) <= 1.0:
+        raise ValueError(f"contested_overlap must lie in (0, 1] (a share of the smaller mask), got {max_overlap}")
     n = int(areas.shape[0])
     return [(i, j) for i in range(n) for j in range(i + 1, n)
             if 0 < int(inter[i, j]) < float(max_overlap) * float(min(int(areas[i]), int(areas[j])))]
+
+
+def contested_option(text: str) -> float | None:
+    """A command line's contested-overlap value -> `contested_overlap`: 0 or negative is off (None), a
+    share in (0, 1] is kept; anything else raises argparse.ArgumentTypeError naming the problem."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v > 1.0:
+        raise argparse.ArgumentTypeError(f"the contested overlap is a share of the smaller mask in (0, 1] "
+                                         f"(0 or negative: off), got {text!r}")
+    return v if v > 0 else None
 
 
 def release_contested(masks: np.ndarray, max_overlap: float | None = CONTESTED_OVERLAP) -> np.ndarray:

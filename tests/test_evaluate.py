@@ -40,6 +40,9 @@ def test_evaluate_refuses_bad_models(tmp_path, capsys, scenes):
     bad.write_bytes(b"not a checkpoint")
     assert main(["--model", str(bad), "--scenes", str(scenes)]) == 2
     assert "not a segmenter checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a share above 1 is refused before anything is loaded
+        main(["--model", str(bad), "--scenes", str(scenes), "--contested", "2"])
+    assert "contested overlap" in capsys.readouterr().err
 
 
 def test_random_baseline_is_deterministic_and_sized(scenes):

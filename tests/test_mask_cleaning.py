@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
+import pytest
 import torch
 
 from learner.hypotheses import propose
@@ -10,6 +13,7 @@ from learner.mask_cleaning import (
     CONTESTED_OVERLAP,
     DEPTH_EDGE_M,
     clean_mask,
+    contested_option,
     contested_pairs,
     depth_edges,
     largest_component,
@@ -217,6 +221,17 @@ def test_release_contested_frees_pixels_two_objects_share_but_not_nested_ones():
     assert (release_contested(np.stack([a, b]), None) == np.stack([a, b])).all()
     assert contested_pairs(np.array([100, 100, 50]), np.array([[100, 20, 50], [20, 100, 0], [50, 0, 50]]),
                            0.25) == [(0, 1)]
+    for bad in (0.0, -0.1, 1.5):  # the share must lie in (0, 1]: off is None
+        with pytest.raises(ValueError, match="contested_overlap"):
+            release_contested(np.stack([a, b]), bad)
+
+
+def test_contested_command_line_values():
+    assert contested_option("0.25") == 0.25 and contested_option("1") == 1.0
+    assert contested_option("0") is None and contested_option("-1") is None  # off
+    for bad in ("1.5", "nan", "a quarter"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            contested_option(bad)
 
 
 def test_propose_frees_contested_pixels_of_its_own_proposals(monkeypatch):
