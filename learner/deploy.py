@@ -34,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from learner.mask_cleaning import PROPOSAL_SCORES
+from learner.mask_cleaning import PROPOSAL_SCORES, check_contested_overlap
 from learner.segmenter_runtime import (
     CARD_METADATA_KEY,
     CARD_NAME,
@@ -164,8 +164,11 @@ def _check_proposal_params(pp: dict[str, Any]) -> None:
         raise DeployError(f"table_gate_m must be null or in [0, 0.1] metres, got {pp['table_gate_m']}")
     if pp["depth_edge_m"] is not None and not 0.0 < float(pp["depth_edge_m"]) <= 0.5:
         raise DeployError(f"depth_edge_m must be null or in (0, 0.5] metres, got {pp['depth_edge_m']}")
-    if pp["contested_overlap"] is not None and not 0.0 < float(pp["contested_overlap"]) <= 1.0:
-        raise DeployError(f"contested_overlap must be null or in (0, 1], got {pp['contested_overlap']}")
+    if pp["contested_overlap"] is not None:
+        try:
+            check_contested_overlap(pp["contested_overlap"])
+        except ValueError as e:
+            raise DeployError(f"{e} (or null: off)") from None
     if pp["score"] not in PROPOSAL_SCORES:
         raise DeployError(f"score must be one of {PROPOSAL_SCORES}, got {pp['score']!r}")
 

@@ -78,15 +78,23 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
+def check_contested_overlap(value: float) -> float:
+    """`value` as a float if it is a valid contested-overlap share, in (0, 1]; else ValueError (off is
+    None, which callers handle before this)."""
+    v = float(value)
+    if not 0.0 < v <= 1.0:  # also rejects nan
+        raise ValueError(f"contested_overlap must lie in (0, 1] (a share of the smaller mask), got {value}")
+    return v
+
+
 def contested_pairs(areas: np.ndarray, inter: np.ndarray, max_overlap: float) -> list[tuple[int, int]]:
     """Index pairs (i, j), i < j, of proposals of different objects: they share pixels, but fewer
     than max_overlap x the smaller one's area. areas (N,) and inter (N, N) are pixel counts.
-    max_overlap must lie in (0, 1] (ValueError otherwise)."""
-    if not 0.0 < float(max_overlap) <= 1.0:
-        raise ValueError(f"contested_overlap must lie in (0, 1] (a share of the smaller mask), got {max_overlap}")
+    max_overlap must lie in (0, 1] (`check_contested_overlap`)."""
+    share = check_contested_overlap(max_overlap)
     n = int(areas.shape[0])
     return [(i, j) for i in range(n) for j in range(i + 1, n)
-            if 0 < int(inter[i, j]) < float(max_overlap) * float(min(int(areas[i]), int(areas[j])))]
+            if 0 < int(inter[i, j]) < share * float(min(int(areas[i]), int(areas[j])))]
 
 
 def contested_option(text: str) -> float | None:
@@ -96,10 +104,13 @@ def contested_option(text: str) -> float | None:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v) or v > 1.0:
+    if v <= 0 and math.isfinite(v):
+        return None
+    try:
+        return check_contested_overlap(v)
+    except ValueError:
         raise argparse.ArgumentTypeError(f"the contested overlap is a share of the smaller mask in (0, 1] "
-                                         f"(0 or negative: off), got {text!r}")
-    return v if v > 0 else None
+                                         f"(0 or negative: off), got {text!r}") from None
 
 
 def release_contested(masks: np.ndarray, max_overlap: float | None = CONTESTED_OVERLAP) -> np.ndarray:
