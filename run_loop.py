@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from learner.loop_config import register_configs
+from learner.loop.config import register_configs
 
 register_configs()
 
@@ -21,7 +21,7 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from learner.loop_setup import build_loop, print_summary
+    from learner.loop.setup import build_loop, print_summary
 
     try:
         loop = build_loop(cfg, HydraConfig.get().runtime.output_dir)

@@ -12,6 +12,9 @@ which is OpenCV's hand-eye problem with the robot poses inverted; `cv2.calibrate
 opencv-python 5.0.0.93 lacks both bindings (opencv issue #29565, fixed upstream after that
 release); there, method "auto" uses this module's own least-squares solve of the same equation
 (`solve_ax_xb`: Park & Martin's rotation fit, then linear least squares for the translation).
+Translations go to OpenCV as 3x1 columns, its documented shape: OpenCV 5.1's
+calibrateRobotWorldHandEye fails an assertion in gemm when given flat (3,) vectors
+(4.x accepted both).
 
 Subcommands (all poses in metres, frames as in robot.base):
     board    write a printable PNG of the board (print at 100 %, measure a square, pass --square)
@@ -221,10 +224,17 @@ def solve_eye_to_hand(base_from_gripper: list[np.ndarray], detections: list[Boar
         raise ValueError(f"hand-eye method {method!r} is not available here; choose from {available_methods()}")
     gripper_from_base = [_inv(T) for T in base_from_gripper]
     cam_from_board = [d.cam_from_board for d in detections]
+
+    def rotations(Ts):
+        return [T[:3, :3] for T in Ts]
+
+    def translations(Ts):  # 3x1 columns: OpenCV 5.1's calibrateRobotWorldHandEye rejects flat (3,) vectors
+        return [T[:3, 3].reshape(3, 1) for T in Ts]
+
     if method in HAND_EYE_METHODS:
         R, t = cv2.calibrateHandEye(
-            [T[:3, :3] for T in gripper_from_base], [T[:3, 3] for T in gripper_from_base],
-            [T[:3, :3] for T in cam_from_board], [T[:3, 3] for T in cam_from_board],
+            rotations(gripper_from_base), translations(gripper_from_base),
+            rotations(cam_from_board), translations(cam_from_board),
             method=getattr(cv2, HAND_EYE_METHODS[method]))
         X = np.eye(4)
         X[:3, :3], X[:3, 3] = R, np.ravel(t)
@@ -232,8 +242,8 @@ def solve_eye_to_hand(base_from_gripper: list[np.ndarray], detections: list[Boar
         # A_i X = Z B_i with A_i = cam_from_board_i, B_i = base_from_gripper_i: X = board_from_gripper,
         # Z = cam_from_base (OpenCV's "base2world" and "gripper2cam" outputs).
         _, _, R_z, t_z = cv2.calibrateRobotWorldHandEye(
-            [T[:3, :3] for T in cam_from_board], [T[:3, 3] for T in cam_from_board],
-            [T[:3, :3] for T in base_from_gripper], [T[:3, 3] for T in base_from_gripper],
+            rotations(cam_from_board), translations(cam_from_board),
+            rotations(base_from_gripper), translations(base_from_gripper),
             method=getattr(cv2, ROBOT_WORLD_METHODS[method]))
         Z = np.eye(4)
         Z[:3, :3], Z[:3, 3] = R_z, np.ravel(t_z)

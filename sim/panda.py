@@ -107,9 +107,6 @@ class PandaArm:
     def joints(self) -> list[float]:
         return [pb.getJointState(self.body, j, physicsClientId=self.client)[0] for j in ARM_JOINTS]
 
-    def finger_width(self) -> float:
-        return float(sum(pb.getJointState(self.body, j, physicsClientId=self.client)[0] for j in FINGER_JOINTS))
-
     def tool_position(self) -> np.ndarray:
         return np.array(pb.getLinkState(self.body, TOOL_LINK, computeForwardKinematics=True, physicsClientId=self.client)[4])
 

@@ -1,9 +1,17 @@
 """Fixtures for the real-robot tests without hardware: a franky-sim server on loopback (MuJoCo, headless:
 no viewer is opened without --render, so no display or GL context is needed), fast FrankaConfigs, and
-pixel helpers for the synthetic table scene of the software camera."""
+pixel helpers for the synthetic table scene of the software camera.
+
+`require(module)` is pytest.importorskip for the `franka` extra's modules, which load shared libraries
+at import: a module that is not installed skips (the extra is optional; with CI set, tests/conftest.py
+turns the skip into a failure), one that is installed but cannot load a system library fails the test
+with the Debian package to install. pytest.importorskip catches only ModuleNotFoundError, so
+pyrealsense2 without libusb-1.0-0 used to crash collection with `ImportError: libusb-1.0.so.0`."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -14,15 +22,51 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-STARTUP_TIMEOUT_S = 90.0
+STARTUP_TIMEOUT_S = 90.0  # only against a hang: franky-sim prints its address within a few seconds
+
+# Debian packages providing the system libraries these modules load at import (pip cannot install them)
+DEBIAN_PACKAGES = {"pyrealsense2": "libusb-1.0-0"}
+SONAME_PACKAGES = {"libusb-1.0.so.0": "libusb-1.0-0"}
+EXTRA_HINT = "the `franka` extra: bash scripts/setup.sh dev franka"
+
+
+def is_installed(module: str) -> bool:
+    """True when `module` can be found, without importing it (so without loading its shared libraries)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def broken_import_message(module: str, error: BaseException) -> str:
+    """Why an installed `module` fails to import, naming the Debian package that provides the missing library."""
+    text = str(error)
+    package = next((pkg for so, pkg in SONAME_PACKAGES.items() if so in text), None) or DEBIAN_PACKAGES.get(module)
+    msg = f"{module} is installed but cannot be imported: {type(error).__name__}: {text}."
+    if package:
+        msg += (f" It needs the Debian package {package}: run `bash scripts/setup.sh dev franka` as root, or "
+                f"`sudo apt-get install -y {package}`.")
+    return msg
+
+
+def require(module: str, reason: str | None = None):
+    """The imported module. Not installed: skip (`reason`). Installed but a system library is missing: fail
+    with the Debian package to install (a clear test failure, not an ImportError at collection)."""
+    if not is_installed(module):
+        pytest.skip(reason or f"{module} not installed ({EXTRA_HINT})")
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        message = broken_import_message(module, e)
+    pytest.fail(message, pytrace=False)  # outside the except: no chained ImportError traceback in the report
 
 
 @pytest.fixture(scope="session")
 def franky_sim_host(tmp_path_factory) -> str:
     """Start `franky-sim -s mujoco` for the test session; yield the robot address it prints; kill it after."""
-    pytest.importorskip("franky", reason="franky-control not installed (the `franka` extra)")
-    pytest.importorskip("franky_sim", reason="franky-sim not installed (the `franka` extra)")
-    pytest.importorskip("mujoco")
+    require("franky", reason=f"franky-control not installed ({EXTRA_HINT})")
+    require("franky_sim", reason=f"franky-sim not installed ({EXTRA_HINT})")
+    require("mujoco", reason=f"mujoco not installed (franky-sim's dependency; {EXTRA_HINT})")
     log_path = Path(tmp_path_factory.mktemp("franky_sim")) / "server.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log_path, "w") as out:
@@ -52,8 +96,12 @@ def franky_sim_host(tmp_path_factory) -> str:
 
 
 def fast_config(host: str, **overrides):
-    """A FrankaConfig for franky-sim: no RT kernel, no prompt, software camera at 320x240, brisk motions."""
+    """A FrankaConfig for franky-sim: no RT kernel, no prompt, software camera at 320x240, brisk motions.
+
+    The software camera is a pyrealsense2 device: skips / fails like `require("pyrealsense2")`."""
     from robot.franka_robot import FrankaConfig
+
+    require("pyrealsense2")
 
     cfg = FrankaConfig(ip=host, dry_run=False, confirm=False, realtime=False, camera="software", width=320,
                        height=240, camera_warmup_frames=2, dynamics_factor=1.0, contact_dynamics_factor=0.5,

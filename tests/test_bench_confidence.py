@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from learner import bench_confidence
-from learner.model import PointSegmenter, SegmenterConfig
+from learner.bench import confidence as bench_confidence
+from learner.model.network import PointSegmenter, SegmenterConfig
 
 TINY = SegmenterConfig(stem_width=8, widths=(16, 16, 32), depths=(1, 1, 1), fpn_width=16)
 
@@ -39,7 +39,7 @@ def _run(setup, edge: str) -> tuple[dict, str]:
 def test_bench_writes_a_report_and_applies_the_depth_edge_setting(setup):
     on, md_on = _run(setup, "0.02")
     off, md_off = _run(setup, "-1")
-    assert on["config"]["depth_edge_m"] == 0.02 and off["config"]["depth_edge_m"] is None
+    assert on["config"]["proposals"]["depth_edge_m"] == 0.02 and off["config"]["proposals"]["depth_edge_m"] is None
     assert "depth-edge cut of the proposals: 0.02 m" in md_on and "depth-edge cut of the proposals: off" in md_off
     assert on["config"]["samplers"]["tta"]["tta"]["max_roll_deg"] == 10
     for res in (on, off):

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from data import scene_io
-from learner.baselines import get_baseline
-from learner.baselines.depth_clustering import (
+from learner.evaluate.baselines import get_baseline
+from learner.evaluate.baselines.depth_clustering import (
     DepthClusteringConfig,
     DepthClusteringSegmenter,
     deproject,
     fit_table_plane,
 )
-from learner.eval_harness import evaluate_segmenter, main, write_report
-from learner.metrics import label_to_masks
+from learner.evaluate.harness import evaluate_segmenter, main, write_report
+from learner.evaluate.metrics import label_to_masks
 
 H, W = 240, 320
 K = np.array([[277.0, 0.0, 159.5], [0.0, 277.0, 119.5], [0.0, 0.0, 1.0]])

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from data.log import InteractionLog
-from learner.baselines import get_baseline
-from learner.evaluate import load_model, main
-from learner.model import SegmenterConfig
-from learner.train import TrainConfig, Trainer
+from learner.evaluate.baselines import get_baseline
+from learner.evaluate.cli import load_model, main
+from learner.model.network import SegmenterConfig
+from learner.train.trainer import TrainConfig, Trainer
 from sim.export_scenes import export_scenes
 
 
@@ -60,7 +60,7 @@ def test_random_baseline_is_deterministic_and_sized(scenes):
 
 def test_bench_curve_tiny_end_to_end(tmp_path):
     """Every variant trains and is evaluated; outputs are written. (A smoke run, not the benchmark.)"""
-    from learner.bench_curve import VARIANTS, run
+    from learner.bench.curve import VARIANTS, run
 
     tiny = SegmenterConfig(stem_width=8, widths=(16, 16, 32), depths=(1, 1, 1), fpn_width=16)
     rows = run(tmp_path / "curve", [4, 6], steps=1, n_test=2, variants=list(VARIANTS), model_cfg=tiny)

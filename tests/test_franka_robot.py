@@ -5,6 +5,9 @@ fixture), the camera is a pyrealsense2 software device streaming a synthetic tab
 franky-sim estimates no external forces and raises no reflexes by itself, so the contact reaction is
 triggered with a threshold below zero and the ControlException by preempting a motion with
 `Robot.stop()` (a real libfranka ControlException) or by injecting one.
+
+Without the `franka` extra the arm and camera tests skip; with it installed but a system library missing
+(pyrealsense2 needs Debian's libusb-1.0-0) they fail naming the package (tests/franka_helpers.require).
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def test_tool_pose_points_down_with_fingers_along_yaw():
 
 
 def test_dry_run_plans_and_logs_without_touching_the_arm(caplog):
-    pytest.importorskip("pyrealsense2")
+    franka_helpers.require("pyrealsense2")  # the software camera; fails naming libusb-1.0-0 if that is missing
     cfg = FrankaConfig(dry_run=True, confirm=True, camera="software", width=320, height=240, camera_warmup_frames=2)
     prompts = []
     with caplog.at_level(logging.INFO, logger="robot.franka_robot"), FrankaRobot(cfg, prompt=prompts.append) as robot:
@@ -283,6 +286,7 @@ def test_motion_planner_failure_mid_motion_is_recovered(franky_sim_host, monkeyp
 def test_run_loop_franka_end_to_end_writes_the_sim_log_schema(franky_sim_host, tmp_path):
     from data.log import SCHEMA_VERSION, InteractionLog
 
+    franka_helpers.require("pyrealsense2")  # robot.camera=software
     run = tmp_path / "run"
     n = 2  # agent.primitive=alternate: one poke, one grasp
     cmd = [sys.executable, str(ROOT / "run_loop.py"), "robot=franka", f"hydra.run.dir={run}",

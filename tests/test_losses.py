@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.losses import (
+from learner.train.losses import (
     associate,
     association_loss,
     association_scores,
@@ -17,8 +17,8 @@ from learner.losses import (
     robust_set_loss,
     robust_set_target,
 )
-from learner.model import PointSegmenter, SegmenterConfig, instance_embeddings
-from learner.preprocess import make_input
+from learner.model.network import PointSegmenter, SegmenterConfig, instance_embeddings
+from learner.proposals.frame import make_input
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -198,7 +198,7 @@ def _scene(H=96, W=128, seed=0):
 def test_few_adam_steps_fit_one_interaction():
     torch.manual_seed(0)
     rgb, depth, K, labels = _scene()
-    x = make_input(rgb, depth, K)
+    x = torch.from_numpy(make_input(rgb, depth, K))
     model = PointSegmenter(SegmenterConfig())
     mask = torch.from_numpy(labels == 1)
     point = torch.tensor([[35.0, 25.0]])  # (u,v) inside box 1

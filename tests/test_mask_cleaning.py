@@ -1,4 +1,6 @@
-"""Mask clean-up (learner/mask_cleaning.py) on a real sim frame, and through the proposal path."""
+"""Mask clean-up (learner/proposals/cleaning.py) on a real sim frame, and through the one proposal pipeline.
+
+The clean-up functions take their thresholds explicitly (the defaults live in ProposalConfig only)."""
 
 from __future__ import annotations
 
@@ -8,23 +10,25 @@ import numpy as np
 import pytest
 import torch
 
-from learner.hypotheses import propose
-from learner.mask_cleaning import (
-    CONTESTED_OVERLAP,
-    DEPTH_EDGE_M,
+from learner.model.backend import torch_segmenter
+from learner.model.network import SegmenterConfig, build_model
+from learner.proposals.cleaning import (
     clean_mask,
-    contested_option,
     contested_pairs,
     depth_edges,
     largest_component,
     release_contested,
     table_pixels,
 )
-from learner.model import SegmenterConfig, build_model
-from learner.preprocess import XYZ_SCALE_M, make_input
-from learner.table_plane import height_above_plane
+from learner.proposals.config import ProposalConfig, add_proposal_args, from_args
+from learner.proposals.frame import InputSpec, make_input
+from learner.proposals.pipeline import HeadSpec, propose
+from learner.proposals.plane import height_above_plane
 from sim.env import InteractiveTabletopEnv, TabletopConfig
 from sim.scene import ClutterConfig
+
+DEFAULTS = ProposalConfig()
+TABLE_GATE_M, DEPTH_EDGE_M, CONTESTED_OVERLAP = DEFAULTS.table_gate_m, DEFAULTS.depth_edge_m, DEFAULTS.contested_overlap
 
 
 def _frame(seed: int = 3, clutter: str = "cluttered"):
@@ -48,7 +52,7 @@ def test_table_gate_removes_table_and_keeps_objects_and_depth_holes():
     hole &= obj
     depth[hole] = 0
     valid = depth > 0
-    table = table_pixels(height_above_plane(depth, obs["K"]), valid)
+    table = table_pixels(height_above_plane(depth, obs["K"]), valid, TABLE_GATE_M)
     assert table is not None
     # a sloppy mask: the object's bounding box grown by 6 px covers table around it
     box = np.zeros_like(obj)
@@ -64,7 +68,7 @@ def test_table_gate_removes_table_and_keeps_objects_and_depth_holes():
 
 def test_no_plane_or_no_gate_removes_nothing():
     h = np.zeros((10, 12), np.float32)
-    assert table_pixels(h, np.ones_like(h, bool)) is None  # all-zero height: no plane was found
+    assert table_pixels(h, np.ones_like(h, bool), TABLE_GATE_M) is None  # all-zero height: no plane was found
     assert table_pixels(np.ones_like(h), np.ones_like(h, bool), gate_m=None) is None
     m = np.ones((10, 12), bool)
     assert clean_mask(m, None, keep_largest=False).all()
@@ -82,15 +86,22 @@ def test_largest_component_keeps_only_the_biggest_blob():
     assert largest_component(diag).sum() == 1
 
 
-def test_propose_applies_the_gate_and_components():
-    obs, _ = _frame(seed=5)
+def _sprawling_segmenter():
+    """A random full-size net whose every cell is a seed: its masks sprawl over the table and across
+    depth edges (the torch backend of the one pipeline)."""
     torch.manual_seed(0)
     model = build_model(SegmenterConfig()).eval()
     with torch.no_grad():
-        model.obj_head.bias.fill_(5.0)  # every cell is a seed: masks of a random net sprawl over the table
-    plain, _ = propose(model, obs["rgb"], obs["depth"], obs["K"], table_gate_m=None, largest_component=False)
-    clean, _ = propose(model, obs["rgb"], obs["depth"], obs["K"])
-    table = table_pixels(height_above_plane(obs["depth"], obs["K"]), obs["depth"] > 0)
+        model.obj_head.bias.fill_(5.0)
+    return torch_segmenter(model)
+
+
+def test_propose_applies_the_gate_and_components():
+    obs, _ = _frame(seed=5)
+    seg = _sprawling_segmenter()
+    plain = seg.predict(obs["rgb"], obs["depth"], obs["K"], table_gate_m=None, largest_component=False).masks
+    clean = seg.predict(obs["rgb"], obs["depth"], obs["K"]).masks
+    table = table_pixels(height_above_plane(obs["depth"], obs["K"]), obs["depth"] > 0, TABLE_GATE_M)
     assert len(plain) and (plain & table).any()
     assert not (clean & table).any()
     for m in clean:
@@ -181,14 +192,11 @@ def test_depth_edge_cut_separates_touching_objects_in_a_real_pile():
 def test_propose_cuts_masks_at_depth_edges():
     """Every proposal is already cut (cutting again changes nothing); without the cut some are not."""
     obs, label = _frame(seed=5, clutter="piled")
-    torch.manual_seed(0)
-    model = build_model(SegmenterConfig()).eval()
-    with torch.no_grad():
-        model.obj_head.bias.fill_(5.0)  # sprawling masks of a random net cross depth edges
-    uncut, _ = propose(model, obs["rgb"], obs["depth"], obs["K"], depth_edge_m=None)
-    cut, _ = propose(model, obs["rgb"], obs["depth"], obs["K"])
-    x = make_input(obs["rgb"], obs["depth"], obs["K"])[0].numpy()  # the z channel propose cuts on
-    edges = depth_edges(x[5] * XYZ_SCALE_M, x[6] > 0.5, DEPTH_EDGE_M)
+    seg = _sprawling_segmenter()  # sprawling masks of a random net cross depth edges
+    uncut = seg.predict(obs["rgb"], obs["depth"], obs["K"], depth_edge_m=None).masks
+    cut = seg.predict(obs["rgb"], obs["depth"], obs["K"]).masks
+    x = make_input(obs["rgb"], obs["depth"], obs["K"])[0]  # the z channel the pipeline cuts on
+    edges = depth_edges(x[5] * InputSpec().xyz_scale_m, x[6] > 0.5, DEPTH_EDGE_M)
 
     def n_cuttable(ms):
         return sum(int((clean_mask(m, None, keep_largest=True, edges=edges) != m).any()) for m in ms)
@@ -215,7 +223,7 @@ def test_release_contested_frees_pixels_two_objects_share_but_not_nested_ones():
     assert (out[3] == edge).all()  # 25% is not below 25%: not contested
     # the decision is made on the input masks: order does not matter
     perm = [3, 1, 0, 2]
-    assert (release_contested(np.stack([a, b, part, edge])[perm]) == out[perm]).all()
+    assert (release_contested(np.stack([a, b, part, edge])[perm], CONTESTED_OVERLAP) == out[perm]).all()
     # a stricter rule frees more, off frees nothing
     assert not release_contested(np.stack([a, edge]), 0.3)[0][5:10, 0:5].any()
     assert (release_contested(np.stack([a, b]), None) == np.stack([a, b])).all()
@@ -226,41 +234,74 @@ def test_release_contested_frees_pixels_two_objects_share_but_not_nested_ones():
             release_contested(np.stack([a, b]), bad)
 
 
-def test_contested_command_line_values():
-    assert contested_option("0.25") == 0.25 and contested_option("1") == 1.0
-    assert contested_option("0") is None and contested_option("-1") is None  # off
+def test_contested_and_depth_edge_command_line_values():
+    """The shared proposal options (add_proposal_args): 0 or negative turns a rule off, a share above 1
+    is an argparse error, and from_args builds the validated ProposalConfig."""
+    ap = argparse.ArgumentParser()
+    add_proposal_args(ap)
+
+    def cfg(*argv):
+        return from_args(ap.parse_args(list(argv)))
+
+    assert cfg() == DEFAULTS
+    assert cfg("--contested", "0.25").contested_overlap == 0.25 and cfg("--contested", "1").contested_overlap == 1.0
+    assert cfg("--contested", "0").contested_overlap is None and cfg("--contested", "-1").contested_overlap is None
+    assert cfg("--depth-edge", "0").depth_edge_m is None and cfg("--depth-edge", "0.03").depth_edge_m == 0.03
+    assert cfg("--table-gate", "0").table_gate_m is None and not cfg("--no-largest-component").largest_component
     for bad in ("1.5", "nan", "a quarter"):
-        with pytest.raises(argparse.ArgumentTypeError):
-            contested_option(bad)
+        with pytest.raises(SystemExit):
+            ap.parse_args(["--contested", bad])
+    with pytest.raises(SystemExit, match="proposals.depth_edge_m"):
+        cfg("--depth-edge", "0.8")  # parsed, then refused by ProposalConfig.validate
+    # over a base config (a model card's): only the options given on the command line change it
+    base = ProposalConfig(max_hypotheses=7, objectness_threshold=0.5, contested_overlap=None)
+    assert from_args(ap.parse_args(["--nms-iou", "0.3"]), base, ap) == base.replace(nms_iou=0.3)
 
 
-def test_propose_frees_contested_pixels_of_its_own_proposals(monkeypatch):
-    """In a real pile, the rule is exactly release_contested on the proposals made without it (minus
-    masks left too small), and it frees pixels there. The decoder is replaced by disks of 30 px
-    radius around the query points (a random net's masks are all nested) and the clean-up is off (it
-    would cut the disks into disjoint object parts), so that neighbouring proposals overlap partly;
-    seeds, scores and NMS are the real ones."""
-    import learner.hypotheses as hyp
+def _disk_heads(H: int, W: int, radius: float, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], HeadSpec]:
+    """Real network heads (the pipeline's input format) whose dynamic head decodes a disc of about
+    `radius` pixels around every query point: kernels that ignore the features and compute
+    b2 - sum_k relu(n_k . (x - p) / s) over 16 directions n_k (a 16-gon, positive inside), the same
+    kernel everywhere; objectness is noise, so every cell can be a seed."""
+    head = HeadSpec(embed_dim=4, dyn_hidden=16, coord_scale=64.0)
+    D, Hd, s = head.embed_dim, head.dyn_hidden, head.coord_scale
+    h, w = H // 4, W // 4
+    ang = np.arange(Hd) * 2 * np.pi / Hd
+    w1 = np.zeros((Hd, D + 2), np.float32)
+    w1[:, D], w1[:, D + 1] = np.cos(ang), np.sin(ang)
+    w2 = np.full(Hd, -10.0, np.float32)
+    # sum_k relu(cos(a_k - phi)) ~ Hd / pi for every phi: the logit is ~ 10 Hd / pi (radius - |x - p|) / s
+    b2 = np.float32(10.0 * Hd / np.pi * radius / s)
+    params = np.concatenate([w1.ravel(), np.zeros(Hd, np.float32), w2, [b2]]).astype(np.float32)
+    assert params.size == head.num_kernel_params
+    heads = {
+        "objectness": rng.normal(0.0, 1.0, (1, 1, h, w)).astype(np.float32),
+        "features": np.zeros((1, D, h, w), np.float32),
+        "kernels": np.broadcast_to(params[None, :, None, None], (1, params.size, h, w)).copy(),
+    }
+    return heads, head
 
-    def disk_decoder(out, batch_index, points_uv, config, upsample=True, image_size=None, latent_eps=None):
-        H, W = image_size
-        v, u = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-        d2 = (u[None] - points_uv[:, 0, None, None]) ** 2 + (v[None] - points_uv[:, 1, None, None]) ** 2
-        return torch.where(d2 <= 30.0**2, 10.0, -10.0)
 
-    monkeypatch.setattr(hyp, "decode_masks", disk_decoder)
+def test_propose_frees_contested_pixels_of_its_own_proposals():
+    """In a real pile, the pipeline's rule is exactly release_contested on the proposals made without
+    it (minus masks left too small), and it frees pixels there. The heads decode discs of 30 px
+    radius around the seeds (a random net's masks are all nested) and the clean-up is off (it would
+    cut the discs into disjoint object parts), so that neighbouring proposals overlap partly; seeds,
+    decoding, scores, NMS and the rule are the real pipeline on the real input of a sim frame."""
     obs, _ = _frame(seed=5, clutter="piled")
-    torch.manual_seed(0)
-    model = build_model(SegmenterConfig()).eval()
-    with torch.no_grad():
-        model.obj_head.bias.fill_(5.0)  # every cell a seed candidate
-    kw = {"largest_component": False, "table_gate_m": None}
-    off, s_off = propose(model, obs["rgb"], obs["depth"], obs["K"], contested_overlap=None, **kw)
-    on, s_on = propose(model, obs["rgb"], obs["depth"], obs["K"], **kw)
-    released = release_contested(off, CONTESTED_OVERLAP)
-    big = released.sum(axis=(1, 2)) >= 16
-    assert (on == released[big]).all() and np.allclose(s_on, s_off[big])
-    freed = off[big] & ~on
+    x = make_input(obs["rgb"], obs["depth"], obs["K"])
+    heads, head = _disk_heads(*obs["depth"].shape, radius=30.0, rng=np.random.default_rng(0))
+    cfg = DEFAULTS.replace(largest_component=False, table_gate_m=None, objectness_threshold=0.0)
+    off = propose(heads, x, cfg.replace(contested_overlap=None), head)
+    on = propose(heads, x, cfg, head)
+    assert len(off.masks) >= 10
+    areas = off.masks.sum(axis=(1, 2))
+    assert areas.min() > 0.8 * np.pi * 30**2 * 0.5  # discs (some cut by the image border)
+    released = release_contested(off.masks, CONTESTED_OVERLAP)
+    big = released.sum(axis=(1, 2)) >= cfg.min_area
+    assert (on.masks == released[big]).all() and np.allclose(on.scores, off.scores[big])
+    assert np.array_equal(on.points, off.points[big])
+    freed = off.masks[big] & ~on.masks
     assert freed.sum() > 100
     # every freed pixel was covered by at least two proposals
-    assert (off.sum(axis=0)[freed.any(axis=0)] >= 2).all()
+    assert (off.masks.sum(axis=0)[freed.any(axis=0)] >= 2).all()

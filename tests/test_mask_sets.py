@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from learner.mask_sets import (
+from learner.proposals.mask_sets import (
     ConfidenceConfig,
     confidence_masks,
     prepare_samples,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learner.metrics import (
+from learner.evaluate.metrics import (
     aggregate_uois,
     boundary_slack_px,
     coco_mask_metrics,

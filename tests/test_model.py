@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from learner.hypotheses import find_seeds, mask_iou_matrix, propose, propose_from_output
-from learner.model import (
+from learner.model.hypotheses import find_seeds, mask_iou_matrix, propose, propose_from_output
+from learner.model.network import (
     PointSegmenter,
     SegmenterConfig,
     build_model,
     instance_embeddings,
     sample_at_points,
 )
-from learner.preprocess import (
+from learner.model.preprocess import (
     IN_CHANNELS,
     deproject,
     make_input,

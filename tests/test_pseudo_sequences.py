@@ -1,4 +1,4 @@
-"""Tests for learner/pseudo_sequences.py and learner/consistency.py (real arrays, no mocks)."""
+"""Tests for learner/train/pseudo_sequences.py (real arrays, no mocks); consistency: tests/test_consistency.py."""
 
 from __future__ import annotations
 
@@ -7,40 +7,19 @@ import math
 import cv2
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage, stats
 
-from learner.consistency import (
-    CascadeConfig,
-    CascadeFilter,
-    WeakStrongConfig,
-    consistency_loss,
-    weak_strong_pairs,
-)
-from learner.pseudo_sequences import (
+from learner.train.pseudo_sequences import (
     CutoutConfig,
     InstanceBank,
     InstanceCutout,
     PasteConfig,
-    box_projection_loss,
     cutout_from_interaction,
     make_pseudo_sequence,
-    mask_to_box,
-    masks_to_boxes,
-    paste_instances,
 )
 
 H, W = 160, 200
 FX = 180.0
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors on a shared 2-core box: intra-op threading only adds contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def plane_depth(z0: float = 0.7, tilt: float = 0.25, h: int = H, w: int = W) -> np.ndarray:
@@ -78,14 +57,24 @@ def disc_cutout(r: int, height_m: float, source: int) -> InstanceCutout:
     return InstanceCutout(rgb, np.where(m, height_m, 0).astype(np.float32), m, source, 1.0, 0.7)
 
 
-def make_bank(seed: int = 0) -> InstanceBank:
-    bank = InstanceBank(capacity=32, seed=seed)
-    for i in range(10):
-        if i % 2:
-            bank.add(box_cutout(18 + 3 * i, 22 + 2 * i, 0.02 + 0.01 * i, (40 + 20 * i, 180, 60), i))
-        else:
-            bank.add(disc_cutout(9 + 2 * i, 0.03 + 0.008 * i, i))
+def make_cuts() -> list[InstanceCutout]:
+    return [box_cutout(18 + 3 * i, 22 + 2 * i, 0.02 + 0.01 * i, (40 + 20 * i, 180, 60), i) if i % 2
+            else disc_cutout(9 + 2 * i, 0.03 + 0.008 * i, i) for i in range(10)]
+
+
+def make_bank() -> InstanceBank:
+    bank = InstanceBank(capacity=32)
+    for c in make_cuts():
+        bank.add(c)
     return bank
+
+
+def paste(bg, bg_d, cuts, rng, **kw):
+    """The first frame x1 of a pseudo-sequence pasting exactly `cuts` (in a random order)."""
+    bank = InstanceBank(capacity=len(cuts))
+    for c in cuts:
+        bank.add(c)
+    return make_pseudo_sequence(bg, bg_d, bank, rng, k_range=(len(cuts), len(cuts)), **kw)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,8 +84,7 @@ def make_bank(seed: int = 0) -> InstanceBank:
 
 def test_overlap_bound_over_many_seeds():
     bg_d = plane_depth()
-    bank = make_bank()
-    cuts = list(bank)
+    cuts = make_cuts()
     n_overlapping_pairs = 0
     for seed in range(25):
         rng = np.random.default_rng(seed)
@@ -104,7 +92,7 @@ def test_overlap_bound_over_many_seeds():
         # A small region forces many candidate overlaps.
         region = np.zeros((H, W), bool)
         region[40:120, 50:150] = True
-        f = paste_instances(bg, bg_d, cuts, rng, region_mask=region)
+        f = paste(bg, bg_d, cuts, rng, region_mask=region)
         assert len(f) >= 2
         areas = f.full_masks.reshape(len(f), -1).sum(1)
         for i in range(len(f)):
@@ -119,7 +107,7 @@ def test_overlap_bound_over_many_seeds():
     # With max_overlap=0 the same draws may not overlap at all.
     for seed in range(5):
         rng = np.random.default_rng(seed)
-        f = paste_instances(textured_rgb(rng), bg_d, cuts[:5], rng, max_overlap=0.0)
+        f = paste(textured_rgb(rng), bg_d, cuts[:5], rng, max_overlap=0.0)
         total = f.full_masks.sum(0)
         assert total.max() <= 1
 
@@ -132,9 +120,7 @@ def _two_stacked(seed: int, tall: float = 0.09, short: float = 0.03):
     region = np.zeros((H, W), bool)
     region[70:90, 90:110] = True
     cfg = PasteConfig(rotation_deg=0.0, color_jitter=0.0)
-    f = paste_instances(
-        textured_rgb(rng), bg_d, cuts, rng, max_overlap=1.0, region_mask=region, scale_range=(1, 1), config=cfg
-    )
+    f = paste(textured_rgb(rng), bg_d, cuts, rng, max_overlap=1.0, region_mask=region, scale_range=(1, 1), config=cfg)
     return f, bg_d
 
 
@@ -184,7 +170,7 @@ def test_real_background_object_occludes_pasted_instance():
         region = np.zeros((H, W), bool)
         region[72:88, 92:108] = True
         cut = disc_cutout(15, 0.05, 0)
-        f = paste_instances(textured_rgb(rng), bg_d, [cut], rng, region_mask=region)
+        f = paste(textured_rgb(rng), bg_d, [cut], rng, region_mask=region)
         assert len(f) == 1
         under = f.full_masks[0] & block
         assert under.any()
@@ -199,10 +185,10 @@ def test_real_background_object_occludes_pasted_instance():
 
 def test_label_image_consistent_with_visible_masks():
     bg_d = plane_depth()
-    cuts = list(make_bank())
+    cuts = make_cuts()
     for seed in range(10):
         rng = np.random.default_rng(100 + seed)
-        f = paste_instances(textured_rgb(rng), bg_d, cuts, rng)
+        f = paste(textured_rgb(rng), bg_d, cuts, rng)
         assert f.labels.dtype == np.uint16
         assert f.visible_masks.shape == f.full_masks.shape == (len(f), H, W)
         assert len(set(f.ids.tolist())) == len(f)
@@ -212,11 +198,6 @@ def test_label_image_consistent_with_visible_masks():
         assert np.array_equal(f.labels > 0, f.visible_masks.any(0))
         assert f.visible_masks.sum(0).max() <= 1
         assert set(np.unique(f.labels).tolist()) <= {0, *f.ids.tolist()}
-        # boxes of the visible masks
-        b = f.boxes()
-        for i in range(len(f)):
-            if f.visible_masks[i].any():
-                assert tuple(b[i]) == mask_to_box(f.visible_masks[i])
 
 
 def test_beta_placement_is_u_shaped():
@@ -228,7 +209,7 @@ def test_beta_placement_is_u_shaped():
     for mode in ts:
         for seed in range(400):
             rng = np.random.default_rng(seed)
-            f = paste_instances(bg, bg_d, [cut], rng, placement=mode, scale_range=(1, 1), flip=False, config=cfg)
+            f = paste(bg, bg_d, [cut], rng, placement=mode, scale_range=(1, 1), flip=False, config=cfg)
             p = f.placements[0]
             ph, pw = f.cutouts[0].mask.shape
             assert f.full_masks[0].sum() == 100
@@ -375,142 +356,16 @@ def test_cutout_rejections():
     assert cutout_from_interaction(rgb, nodepth, mask, report=rep) is None and rep["reason"] == "missing_depth"
 
 
-def test_bank_fifo_reservoir_and_sampling_determinism(tmp_path):
+def test_bank_fifo_and_sampling_determinism():
     cuts = [box_cutout(10, 10, 0.02, (i, 0, 0), i) for i in range(20)]
-    fifo = InstanceBank(capacity=5, mode="fifo")
-    fifo.extend(cuts)
-    assert len(fifo) == 5 and [c.source for c in fifo] == [15, 16, 17, 18, 19]
-    res_a, res_b = InstanceBank(5, "reservoir", seed=3), InstanceBank(5, "reservoir", seed=3)
-    res_a.extend(cuts)
-    res_b.extend(cuts)
-    assert len(res_a) == 5 and [c.source for c in res_a] == [c.source for c in res_b]
-    assert [c.source for c in res_a] != [0, 1, 2, 3, 4]  # replacement happened
+    fifo = InstanceBank(capacity=5)
+    assert fifo.add(None) is False and len(fifo) == 0
+    for c in cuts:
+        assert fifo.add(c)
+    assert len(fifo) == 5 and sorted(c.source for c in fifo.sample(5, np.random.default_rng(0))) == [15, 16, 17, 18, 19]
     s1 = [c.source for c in fifo.sample(3, np.random.default_rng(9))]
     s2 = [c.source for c in fifo.sample(3, np.random.default_rng(9))]
     assert s1 == s2 and len(set(s1)) == 3
-    assert len(fifo.sample(10, np.random.default_rng(0))) == 5
-    assert InstanceBank(4, min_quality=0.5).add(InstanceCutout(cuts[0].rgb, cuts[0].height, cuts[0].mask, 0, 0.1)) is False
-    fifo.save(tmp_path / "bank.npz")
-    loaded = InstanceBank.load(tmp_path / "bank.npz")
-    assert len(loaded) == 5 and loaded.capacity == 5 and loaded.mode == "fifo"
-    for a, b in zip(fifo, loaded, strict=True):
-        assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.height, b.height) and a.source == b.source
-
-
-# ----------------------------------------------------------------------------------------------
-# Mask-to-box and the projection loss
-# ----------------------------------------------------------------------------------------------
-
-
-def test_mask_to_box_known_mask():
-    m = np.zeros((20, 30), bool)
-    m[5:9, 12:20] = True
-    m[11, 3] = True
-    assert mask_to_box(m) == (3, 5, 19, 11)
-    b = masks_to_boxes(np.stack([m, np.zeros_like(m)]))
-    assert b.tolist() == [[3, 5, 19, 11], [-1, -1, -1, -1]]
+    assert len(fifo.sample(10, np.random.default_rng(0))) == 5 and fifo.sample(0, np.random.default_rng(0)) == []
     with pytest.raises(ValueError):
-        mask_to_box(np.zeros((4, 4), bool))
-
-
-def test_box_projection_loss():
-    Hh, Ww = 24, 32
-    box = (5, 4, 20, 15)
-    full = torch.zeros(Hh, Ww)
-    full[4:16, 5:21] = 1
-    cross = torch.zeros(Hh, Ww)  # different mask, same projections -> also perfect for the box
-    cross[9, 5:21] = 1
-    cross[4:16, 12] = 1
-
-    def logits(m):
-        return (m * 2 - 1) * 30.0
-
-    boxes = torch.tensor([box, box], dtype=torch.float32)
-    perfect = box_projection_loss(torch.stack([logits(full), logits(cross)]), boxes)
-    assert perfect.item() < 1e-5
-    shifted = torch.roll(full, shifts=4, dims=1)
-    bad = box_projection_loss(logits(shifted)[None], boxes[:1])
-    assert bad.item() > 0.05
-    uncertain = torch.zeros(1, Hh, Ww, requires_grad=True)
-    loss = box_projection_loss(uncertain, boxes[:1])
-    loss.backward()
-    assert loss.item() > 0 and uncertain.grad is not None and uncertain.grad.abs().sum() > 0
-    # the box from mask_to_box makes the loss of that mask vanish
-    b = torch.tensor([mask_to_box(shifted.numpy() > 0)], dtype=torch.float32)
-    assert box_projection_loss(logits(shifted)[None], b).item() < 1e-5
-
-
-# ----------------------------------------------------------------------------------------------
-# Consistency: cascade schedule, weak/strong views, loss
-# ----------------------------------------------------------------------------------------------
-
-
-def test_cascade_schedule_rises_then_quantile_falls():
-    cf = CascadeFilter(CascadeConfig())  # paper defaults: T=12000, 0.5 -> 0.85 every 1000, a0=0.995
-    T = cf.config.total_steps
-    steps = np.arange(0, T + 1, 250)
-    thr = np.array([cf.threshold(int(t)) for t in steps])
-    q = np.array([cf.quantile(int(t)) for t in steps])
-    assert thr[0] == pytest.approx(0.5) and thr.max() == pytest.approx(0.85)
-    assert np.all(np.diff(thr) >= -1e-12) and thr[-1] == pytest.approx(0.85)
-    for t in range(0, T, 1000):  # changes only at multiples of 1000 steps
-        assert cf.threshold(t) == cf.threshold(t + 999)
-        assert cf.threshold(t + 1000) > cf.threshold(t) or cf.threshold(t) == pytest.approx(0.85)
-    assert cf.threshold(T - 1000) == pytest.approx(0.85) and cf.threshold(T - 1001) < 0.85
-    assert cf.threshold(10 * T) == pytest.approx(0.85)
-    assert q[0] == pytest.approx(0.995) and q[-1] == pytest.approx(0.0)
-    assert np.all(np.diff(q) < 0)
-    assert cf.quantile(T // 2) == pytest.approx(0.995 * 0.5)
-    assert cf.mask_threshold(0) == pytest.approx(0.5) and cf.mask_threshold(T) == pytest.approx(0.85)
-
-    scores = torch.from_numpy(np.random.default_rng(0).random(300)).float()
-    for t in (0, 3000, 6000, 11999, T):
-        keep = cf.select(scores, t)
-        passed = scores > cf.threshold(t)
-        assert not (keep & ~passed).any()
-        n_expected = max(1, math.ceil((1 - cf.quantile(t)) * int(passed.sum()) - 1e-9))
-        assert int(keep.sum()) == n_expected
-        assert scores[keep].min() >= scores[passed & ~keep].max() if (passed & ~keep).any() else True
-    assert int(cf.select(scores, 0).sum()) == 1  # top 0.5 % of ~150 survivors
-    assert torch.equal(cf.select(scores, T), scores > 0.85)  # quantile fully relaxed at the end
-    assert cf.select(torch.full((4,), 0.3), 0).sum() == 0
-    batched = cf.select(torch.stack([scores, scores.flip(0)]), 6000)
-    assert torch.equal(batched[0], cf.select(scores, 6000))
-
-
-def test_weak_strong_geometry_maps_predictions_between_views():
-    v, u = torch.meshgrid(torch.arange(48.0), torch.arange(64.0), indexing="ij")
-    rgb = torch.stack([u / 64, v / 48, (u + v) / 112])[None].repeat(3, 1, 1, 1)
-    depth = (0.7 + 0.001 * u)[None].repeat(3, 1, 1)
-    geo_only = WeakStrongConfig(
-        color_jitter_p=0, planckian_p=0, blur_p=0, grayscale_p=0, noise_p=0, depth_noise_std_m=0, depth_dropout_p=0
-    )
-    pair = weak_strong_pairs(rgb, depth, np.random.default_rng(5), geo_only)
-    warped, valid = pair.weak_to_strong(pair.weak_rgb)
-    assert valid.float().mean() > 0.99
-    assert (warped - pair.strong_rgb).abs()[valid.expand_as(warped)].max() < 1e-4
-    if pair.flipped.any():  # the flip is in the matrix: left-right gradient reversed
-        b = int(pair.flipped.nonzero()[0])
-        assert pair.weak_rgb[b, 0, 10, 0] > pair.weak_rgb[b, 0, 10, -1]
-
-    full = WeakStrongConfig()
-    p1 = weak_strong_pairs(rgb, depth, np.random.default_rng(11), full)
-    p2 = weak_strong_pairs(rgb, depth, np.random.default_rng(11), full)
-    assert torch.equal(p1.strong_rgb, p2.strong_rgb) and torch.equal(p1.strong_depth, p2.strong_depth)
-    assert p1.strong_rgb.shape == (3, 3, 48, 64) and p1.strong_depth.shape == (3, 48, 64)
-    assert not torch.allclose(p1.strong_rgb, pair.original_to_strong(rgb)[0], atol=1e-3)
-
-
-def test_consistency_loss_uses_only_kept_teacher_predictions():
-    torch.manual_seed(0)
-    teacher = torch.randn(2, 4, 16, 16) * 5
-    student = teacher.clone().requires_grad_(True)
-    keep = torch.tensor([[True, False, True, False], [False, False, True, True]])
-    same = consistency_loss(student * 10, teacher, keep)
-    other = consistency_loss(-student, teacher, keep)
-    assert other.item() > same.item() + 1.0
-    other.backward()
-    g = student.grad.abs().flatten(2).sum(-1)
-    assert (g[~keep] == 0).all() and (g[keep] > 0).all()
-    none = consistency_loss(student, teacher, torch.zeros_like(keep))
-    assert none.item() == 0.0
+        InstanceBank(capacity=0)

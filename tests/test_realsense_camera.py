@@ -1,5 +1,9 @@
 """RealSenseCamera against pyrealsense2 without hardware: a `software_device` streaming synthetic frames, and
-a recording of it played back through `rs.pipeline` (the code path of a real camera)."""
+a recording of it played back through `rs.pipeline` (the code path of a real camera).
+
+pyrealsense2 not installed (no `franka` extra): the module skips. Installed but Debian's libusb-1.0-0
+missing: every test fails naming the package (not an ImportError at collection, which
+pytest.importorskip lets through)."""
 
 from __future__ import annotations
 
@@ -9,11 +13,20 @@ import time
 import numpy as np
 import pytest
 
-rs = pytest.importorskip("pyrealsense2", reason="pyrealsense2 not installed (the `franka` extra)")
+from robot.camera import CameraError, CameraTimeoutError
+from robot.realsense_camera import RealSenseCamera, RealSenseConfig
+from robot.software_camera import SoftwareRealSense
+from tests import franka_helpers
 
-from robot.camera import CameraError, CameraTimeoutError  # noqa: E402
-from robot.realsense_camera import RealSenseCamera, RealSenseConfig  # noqa: E402
-from robot.software_camera import SoftwareRealSense  # noqa: E402
+if not franka_helpers.is_installed("pyrealsense2"):
+    pytest.skip(f"pyrealsense2 not installed ({franka_helpers.EXTRA_HINT})", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def _pyrealsense2_loads():
+    """pyrealsense2 imports for each test: a missing system library fails the test, naming the Debian package."""
+    franka_helpers.require("pyrealsense2")
+
 
 W, H, FPS = 160, 128, 30
 K_COLOR = np.array([[190.0, 0.0, 80.5], [0.0, 191.0, 63.0], [0.0, 0.0, 1.0]])
@@ -101,6 +114,27 @@ def test_software_device_frames_are_aligned_scaled_and_in_metres():
         dev.stop()
 
 
+def _without_hanging(fn, limit_s: float = 60.0):
+    """fn() in a thread: its result or exception, or a test failure if it has not returned after limit_s
+    (a guard against a hang only, far above any expected duration; not a speed check)."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # re-raised in the test's thread
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(limit_s)
+    if t.is_alive():
+        pytest.fail(f"{getattr(fn, '__qualname__', fn)} hung (no return within {limit_s:.0f} s)", pytrace=False)
+    if "error" in out:
+        raise out.pop("error")
+    return out.get("value")
+
+
 def test_silent_camera_times_out_and_a_dropped_one_reconnects():
     dev = _device()
     dev.start()
@@ -112,14 +146,13 @@ def test_silent_camera_times_out_and_a_dropped_one_reconnects():
         threading.Timer(0.5, dev.start).start()
         frame = cam.read()
         assert cam.reconnects >= 1 and frame.depth.shape == (H, W)
-        # a camera that stops delivering for good: an error after a bounded time, never a hang
+        # a camera that stops delivering for good: an error after the configured number of restarts, never a
+        # hang (the guard's 60 s only turns a hang into a failure; the read gives up after about 1 s)
         dev.pause()
-        t0 = time.monotonic()
-        with pytest.raises(CameraTimeoutError, match="no RGB-D frame"):
-            cam.read()
-        elapsed = time.monotonic() - t0
-        bound = 0.3 + 2 * (0.1 + 0.3) + 1.0  # first wait + attempts x (pause + warm-up wait) + slack
-        assert elapsed < bound, elapsed
+        before = cam.reconnects
+        with pytest.raises(CameraTimeoutError, match=r"no RGB-D frame .* after 2 reconnect attempt\(s\)"):
+            _without_hanging(cam.read)
+        assert cam.reconnects - before == 2  # exactly reconnect_attempts restarts, then the error
         dev.start()  # back again: the next read recovers without a new connect()
         assert cam.read().rgb.shape == (H, W, 3)
     finally:
@@ -129,6 +162,8 @@ def test_silent_camera_times_out_and_a_dropped_one_reconnects():
 
 def _record(dev: SoftwareRealSense, path_stem) -> str:
     """Record the software device's streams with pyrealsense2's recorder (.db3 in 2.56+, .bag before)."""
+    import pyrealsense2 as rs
+
     for suffix in (".db3", ".bag"):
         path = str(path_stem) + suffix
         try:

@@ -1,4 +1,5 @@
-"""Sampling hypotheses (TTA, MC dropout), prior-mean mode, and the deploy runtime's distributional modes."""
+"""Sampling hypotheses (TTA, MC dropout) and the distributional modes, through the one pipeline
+(`learner.proposals.segmenter`) over the torch backend and the exported ONNX backend."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from learner import deploy, sampling
-from learner.agent import Agent, AgentConfig
-from learner.hypotheses import propose
-from learner.mask_sets import ConfidenceConfig, confidence_masks
-from learner.model import PointSegmenter, SegmenterConfig
-from learner.segmenter_runtime import Segmenter, interior_points
-from learner.tta import FrameTransform, TTAConfig, make_transforms, sample_with_transforms
+from learner.deploy import cli as deploy
+from learner.deploy.export import synthetic_frame
+from learner.deploy.runtime import ModelError, Segmenter
+from learner.loop.agent import Agent, AgentConfig
+from learner.model.backend import TorchBackend, torch_segmenter
+from learner.model.network import PointSegmenter, SegmenterConfig
+from learner.proposals.config import ProposalConfig
+from learner.proposals.mask_sets import ConfidenceConfig, confidence_masks
+from learner.proposals.pipeline import interior_points
+from learner.proposals.segmenter import SamplerConfig, distributional, ensemble_samples
+from learner.proposals.segmenter import Segmenter as PipelineSegmenter
+from learner.proposals.tta import FrameTransform, TTAConfig, make_transforms, sample_with_transforms
 
-# the plain network (no latent code): the latent sampler is tested in tests/test_latent.py
+# the plain network (no latent code): the latent samplers are tested in tests/test_latent.py
 TINY = SegmenterConfig(stem_width=8, widths=(16, 16, 32), depths=(1, 1, 1), fpn_width=16, latent_dim=0)
 
 
@@ -30,9 +36,8 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def tiny() -> PointSegmenter:
-    torch.manual_seed(0)
+def _tiny(seed: int = 0) -> PointSegmenter:
+    torch.manual_seed(seed)
     m = PointSegmenter(TINY)
     with torch.no_grad():  # untrained objectness starts at p = 0.1: lift it so seeds pass 0.5
         m.obj_head.bias.fill_(1.0)
@@ -40,14 +45,19 @@ def tiny() -> PointSegmenter:
 
 
 @pytest.fixture(scope="module")
+def tiny() -> PointSegmenter:
+    return _tiny()
+
+
+@pytest.fixture(scope="module")
 def frame():
     """A small frame for the model tests (the model runs at any multiple of 16)."""
-    return deploy._synthetic_frame(128, 160, seed=3)
+    return synthetic_frame(128, 160, seed=3)
 
 
 @pytest.fixture(scope="module")
 def big_frame():
-    return deploy._synthetic_frame(240, 320, seed=3)
+    return synthetic_frame(240, 320, seed=3)
 
 
 def _raised_objects(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +74,7 @@ def _raised_objects(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray) -> tuple[
 def _above_plane(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A model-free segmenter that works in any view (it needs a correct K): connected regions more
     than 2 cm above the fitted table plane."""
-    from learner.table_plane import height_above_plane
+    from learner.proposals.plane import height_above_plane
 
     raised = height_above_plane(depth, K) > 0.02
     n, lab = cv2.connectedComponents(raised.astype(np.uint8))
@@ -77,54 +87,99 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
+def _same_samples(a, b, flips: int = 3, atol: float = 1e-5) -> None:
+    """Two backends' samples of one frame: the same masks up to float rounding at the threshold."""
+    assert len(a) == len(b)
+    for (ma, sa), (mb, sb) in zip(a, b, strict=True):
+        assert ma.shape == mb.shape
+        assert (ma != mb).reshape(len(ma), -1).sum(1).max(initial=0) <= flips
+        np.testing.assert_allclose(sa, sb, atol=atol)
+
+
+def _contained_in(c: np.ndarray, samples) -> int:
+    """The number of samples with a mask that contains mask c entirely."""
+    return sum(any(not (c & ~m).any() for m in ms) for ms, _ in samples)
+
+
+class Recording:
+    """A backend that runs the real network of another backend and records the MC-dropout trunk
+    factors it is given (to compare the draws of two backends)."""
+
+    def __init__(self, inner):
+        self.inner, self.scales = inner, []
+        for k in ("input_size", "spec", "head", "latent_weight", "mc_shape"):
+            setattr(self, k, getattr(inner, k))
+
+    def run(self, x, trunk_scale=None):
+        self.scales.append(None if trunk_scale is None else np.array(trunk_scale, copy=True))
+        return self.inner.run(x, trunk_scale)
+
+
 # ------------------------------------------------------------------------------------ prior mean
 
 
 @pytest.mark.parametrize("method", ["tta", "mc_dropout"])
-def test_prior_mean_equals_plain_model(tiny, frame, method):
+def test_sample_zero_is_the_plain_prediction(tiny, frame, method):
     rgb, depth, K = frame
-    ref_m, ref_s = propose(tiny, rgb, depth, K)
-    assert len(ref_m) > 0
-    m, s = sampling.predict(tiny, rgb, depth, K, mode="mean")
-    assert np.array_equal(m, ref_m) and np.array_equal(s, ref_s)
-    cfg = sampling.SamplerConfig(method=method, samples=3)
-    smp = sampling.sample_hypotheses(tiny, rgb, depth, K, cfg)
-    assert len(smp) == 3 and np.array_equal(smp[0][0], ref_m) and np.array_equal(smp[0][1], ref_s)
-    assert any(len(x[0]) != len(ref_m) or not np.array_equal(x[0], ref_m) for x in smp[1:])  # samples differ
-    # sampling left the model and the global RNG untouched
+    seg = torch_segmenter(tiny)
+    ref = seg.predict(rgb, depth, K)
+    assert len(ref) > 0
+    cfg = SamplerConfig(method=method, samples=3)
+    smp = seg.predict_samples(rgb, depth, K, cfg)
+    assert len(smp) == 3 and np.array_equal(smp[0][0], ref.masks) and np.array_equal(smp[0][1], ref.scores)
+    assert all(m.shape[1:] == depth.shape and m.dtype == bool and len(m) == len(s) for m, s in smp)
+    assert any(len(m) != len(ref) or not np.array_equal(m, ref.masks) for m, _ in smp[1:])  # samples differ
+    # sampling left the model and the global RNG untouched, and is seeded
     state = torch.get_rng_state()
-    again = sampling.sample_hypotheses(tiny, rgb, depth, K, cfg)
+    again = seg.predict_samples(rgb, depth, K, cfg)
     assert torch.equal(state, torch.get_rng_state())
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(smp, again, strict=True))  # seeded
-    m2, s2 = propose(tiny, rgb, depth, K)
-    assert np.array_equal(m2, ref_m) and np.array_equal(s2, ref_s)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(smp, again, strict=True))
+    other = seg.predict_samples(rgb, depth, K, SamplerConfig(method=method, samples=3, seed=1))
+    assert np.array_equal(other[0][0], ref.masks)  # another seed: other draws, the same sample 0
+    assert any(len(a[0]) != len(b[0]) or not np.array_equal(a[0], b[0]) for a, b in zip(smp[1:], other[1:], strict=True))
+    after = seg.predict(rgb, depth, K)
+    assert np.array_equal(after.masks, ref.masks) and np.array_equal(after.scores, ref.scores)
+    assert not tiny.trunk._forward_hooks and not tiny.training
+
+
+def test_trunk_factors_change_the_heads_only_for_that_run(tiny):
+    """The torch backend's MC-dropout factors (a forward hook on the head trunk) act on that run only,
+    also when the forward fails; factors of one are the plain network."""
+    backend = TorchBackend(tiny)
+    C = backend.mc_shape[1]
+    assert backend.mc_shape == (1, TINY.head_width, 1, 1)
+    x = np.random.default_rng(0).standard_normal((1, TINY.in_channels, 64, 64)).astype(np.float32)
+    ref = backend.run(x)
+    scale = ((np.random.default_rng(1).random((1, C, 1, 1)) >= 0.5) / np.float32(0.5)).astype(np.float32)
+    drop = backend.run(x, scale)
+    after = backend.run(x)
+    assert not np.array_equal(ref["objectness"], drop["objectness"])
+    assert all(np.array_equal(ref[k], after[k]) for k in ref)
+    ones = backend.run(x, np.ones((1, C, 1, 1), np.float32))
+    assert all(np.allclose(ones[k], ref[k], atol=1e-6) for k in ref)
+    with pytest.raises(RuntimeError):
+        backend.run(x, np.ones((1, C + 1, 1, 1), np.float32))  # factors that do not fit the trunk
     assert not tiny.trunk._forward_hooks
-
-
-def test_mc_dropout_changes_the_output_only_inside_the_context(tiny, frame):
-    x = torch.randn(1, TINY.in_channels, 64, 64)
-    with torch.no_grad():
-        ref = tiny(x)["objectness"]
-        with sampling.mc_dropout(tiny, 0.5):
-            drop = tiny(x)["objectness"]
-        after = tiny(x)["objectness"]
-    assert not torch.equal(ref, drop) and torch.equal(ref, after)
-    with pytest.raises(ValueError, match="no submodule"):
-        with sampling.mc_dropout(tiny, 0.1, "nope"):
-            pass
+    assert all(np.array_equal(ref[k], backend.run(x)[k]) for k in ref)
 
 
 def test_bad_sampler_settings(tiny, frame):
     rgb, depth, K = frame
-    for bad, msg in ((dict(samples=0), "samples"), (dict(method="ensemble"), "method"),
-                     (dict(method="latent"), "needs a model trained with a latent code"), (dict(dropout_rate=1.0), "dropout"),
+    seg = torch_segmenter(tiny)
+    for bad, msg in ((dict(samples=0), "samples must be an integer >= 1"), (dict(samples=True), "samples"),
+                     (dict(method="ensemble"), "sampler must be one of"), (dict(dropout_rate=1.0), "dropout_rate"),
                      (dict(tta=TTAConfig(scale_range=(1.2, 1.1))), "scale_range")):
         with pytest.raises(ValueError, match=msg):
-            sampling.sample_hypotheses(tiny, rgb, depth, K, sampling.SamplerConfig(**bad))
-    with pytest.raises(ValueError, match="mode"):
-        sampling.predict(tiny, rgb, depth, K, mode="median")
+            seg.predict_samples(rgb, depth, K, SamplerConfig(**bad))
+    for method in ("latent", "tta_latent"):  # a model without a latent code
+        with pytest.raises(ModelError, match="no latent code"):
+            seg.predict_samples(rgb, depth, K, SamplerConfig(method=method, samples=2))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        seg.predict_distributional(rgb, depth, K, mode="median")
     with pytest.raises(ValueError, match=r"p must lie in \(0, 1\]"):
-        sampling.predict(tiny, rgb, depth, K, mode="confidence", p=1.5, sampler=sampling.SamplerConfig(samples=2))
+        seg.predict_distributional(rgb, depth, K, mode="confidence", p=1.5, sampler=SamplerConfig(samples=2))
+    with pytest.raises(TypeError, match="unknown proposal parameters"):
+        seg.predict_samples(rgb, depth, K, SamplerConfig(samples=2), nms=0.3)
 
 
 # ---------------------------------------------------------------------------- TTA geometry
@@ -145,8 +200,12 @@ def test_tta_keeps_3d_geometry_consistent(big_frame):
             X, Y = (u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1]
             X2, Y2 = (u2 - k[0, 2]) * z / k[0, 0], (v2 - k[1, 2]) * z / k[1, 1]
             assert X2 == pytest.approx(-X if t.flip else X, abs=1e-9) and Y2 == pytest.approx(Y, abs=1e-9)
-        back = t.points_to_frame(np.array([A @ [10.0, 20.0, 1.0]]), H, W)
-        np.testing.assert_allclose(back, [[10.0, 20.0]], atol=1e-9)
+        # a mask around the transformed pixel of (u, v) = (10, 20) maps back onto that pixel
+        u2, v2 = (int(round(c)) for c in A @ [10.0, 20.0, 1.0])
+        m = np.zeros((1, H, W), bool)
+        m[0, v2 - 1 : v2 + 2, u2 - 1 : u2 + 2] = True
+        back = t.masks_to_frame(m)[0]
+        assert back[20, 10] and back.sum() <= 16
 
 
 def test_tta_roll_is_a_camera_roll(big_frame):
@@ -211,14 +270,14 @@ def test_torch_tta_samples_any_resolution(tiny, frame):
     K2 = K.copy()
     K2[:2] *= 2.0
     K2[0, 2], K2[1, 2] = (K[0, 2] + 0.5) * 2 - 0.5, (K[1, 2] + 0.5) * 2 - 0.5
-    smp = sampling.sample_hypotheses(tiny, *big, K2, sampling.SamplerConfig(method="tta", samples=2),
-                                     net_size=(128, 160))
+    seg = torch_segmenter(tiny, net_size=(128, 160))
+    smp = seg.predict_samples(*big, K2, SamplerConfig(method="tta", samples=2))
     assert all(m.shape[1:] == (256, 320) for m, _ in smp)
-    ref, _ = propose(tiny, *big, K2, net_size=(128, 160))
-    assert np.array_equal(smp[0][0], ref)
+    ref = seg.predict(*big, K2)
+    assert np.array_equal(smp[0][0], ref.masks)
 
 
-# ---------------------------------------------------------------------------- deploy runtime
+# ------------------------------------------------------------------------ the exported ONNX backend
 
 
 @pytest.fixture(scope="module")
@@ -229,16 +288,19 @@ def exported(tiny, tmp_path_factory):
     return root / "export"
 
 
-def test_latent_sampler_needs_a_latent_export(exported, frame):
-    from learner.segmenter_runtime import ModelError
-
-    seg = Segmenter.load(exported, threads=1)
-    assert seg.latent_weight is None
-    with pytest.raises(ModelError, match="no latent code"):
-        seg.predict_samples(*frame, samples=2, sampler="latent")
+@pytest.fixture(scope="module")
+def onnx_seg(exported) -> Segmenter:
+    return Segmenter.load(exported, threads=1)
 
 
-def test_deploy_confidence_mode_runs_and_stays_inside_the_samples(exported, frame, tmp_path, capsys):
+def test_latent_sampler_needs_a_latent_export(onnx_seg, frame):
+    assert onnx_seg.backend.latent_weight is None
+    for method in ("latent", "tta_latent"):
+        with pytest.raises(ModelError, match="no latent code"):
+            onnx_seg.predict_samples(*frame, SamplerConfig(method=method, samples=2))
+
+
+def test_deploy_confidence_mode_runs_and_stays_inside_the_samples(exported, onnx_seg, frame, tmp_path, capsys):
     rgb, depth, K = frame
     d = tmp_path / "in"
     d.mkdir()
@@ -251,21 +313,23 @@ def test_deploy_confidence_mode_runs_and_stays_inside_the_samples(exported, fram
     assert deploy.main([*base, "--out", str(tmp_path / "c"), "--mode", "confidence", "--p", "0.5",
                         "--samples", "4"]) == 0  # the default sampler: test-time augmentation
     rec = json.loads((tmp_path / "c" / "f.json").read_text())
-    assert rec["distributional"]["mode"] == "confidence" and rec["distributional"]["required_agreement"] == 2
-    assert rec["distributional"]["sampler"] == "tta"
+    dist = rec["distributional"]
+    assert dist["mode"] == "confidence" and dist["required_agreement"] == 2 and dist["sampler"] == "tta"
+    assert (dist["samples"], dist["seed"], dist["p"], dist["dropout_rate"]) == (4, 0, 0.5, None)
     lab = cv2.imread(str(tmp_path / "c" / "f_label.png"), cv2.IMREAD_UNCHANGED)
     assert lab.shape == (128, 160) and lab.max() >= 1 and len(rec["instances"]) == lab.max()
 
-    seg = Segmenter.load(exported)
-    samples = seg.predict_samples(rgb, depth_mm, K, samples=4, seed=0, sampler="tta")
+    seg = onnx_seg
+    tta4 = SamplerConfig(method="tta", samples=4, seed=0)
+    samples = seg.predict_samples(rgb, depth_mm, K, tta4)
     union = np.any([m.any(0) for m, _ in samples if len(m)], axis=0)
     assert not ((lab > 0) & ~union).any()  # every confident pixel was in some sample's mask
     for i in range(1, int(lab.max()) + 1):  # and each mask lies inside masks of >= 2 of the 4 samples
         c = lab == i
-        assert sum(any(not (c & ~m).any() for m in ms) for ms, _ in samples) >= 2
+        assert _contained_in(c, samples) >= 2
         u, v = rec["instances"][i - 1]["seed_uv"]
         assert c[int(v), int(u)]  # the reported point (most interior pixel) lies in the mask
-    same = seg.predict_distributional(rgb, depth_mm, K, mode="confidence", p=0.5, samples=4, sampler="tta")
+    same = seg.predict_distributional(rgb, depth_mm, K, mode="confidence", p=0.5, sampler=tta4)
     assert np.array_equal(same.label_image(), lab)
     assert np.array_equal(same.points, interior_points(same.masks))
 
@@ -274,8 +338,8 @@ def test_deploy_confidence_mode_runs_and_stays_inside_the_samples(exported, fram
     plain = json.loads((tmp_path / "m" / "f.json").read_text())
     assert "distributional" not in plain
     assert [r["area"] for r in plain["instances"]] == [int(a) for a in seg.predict(rgb, depth_mm, K).areas()]
-    u = seg.predict_distributional(rgb, depth_mm, K, mode="union", samples=4, sampler="tta")
-    assert not (np.any([m.any(0) for m, _ in samples if len(m)], axis=0) & ~u.masks.any(0)).any()
+    u = seg.predict_distributional(rgb, depth_mm, K, mode="union", sampler=tta4)
+    assert not (union & ~u.masks.any(0)).any()
 
     # the MC-dropout sampler (through segmenter_mc.onnx) from the CLI
     assert deploy.main([*base, "--out", str(tmp_path / "mc"), "--mode", "confidence", "--p", "0.5",
@@ -283,10 +347,9 @@ def test_deploy_confidence_mode_runs_and_stays_inside_the_samples(exported, fram
     rec = json.loads((tmp_path / "mc" / "f.json").read_text())
     assert rec["distributional"]["sampler"] == "mc_dropout" and rec["distributional"]["dropout_rate"] == 0.1
     lab = cv2.imread(str(tmp_path / "mc" / "f_label.png"), cv2.IMREAD_UNCHANGED)
-    samples = seg.predict_samples(rgb, depth_mm, K, samples=4, seed=0, sampler="mc_dropout")
+    samples = seg.predict_samples(rgb, depth_mm, K, SamplerConfig(method="mc_dropout", samples=4, seed=0))
     for i in range(1, int(lab.max()) + 1):
-        c = lab == i
-        assert sum(any(not (c & ~m).any() for m in ms) for ms, _ in samples) >= 2
+        assert _contained_in(lab == i, samples) >= 2
 
     # bad options: exit code 2 and a clear message
     capsys.readouterr()
@@ -294,50 +357,97 @@ def test_deploy_confidence_mode_runs_and_stays_inside_the_samples(exported, fram
     assert "--p must lie in (0, 1]" in capsys.readouterr().err
     assert deploy.main([*base, "--out", str(tmp_path / "x"), "--mode", "union", "--samples", "0"]) == 2
     assert "--samples must be >= 1" in capsys.readouterr().err
+    assert deploy.main([*base, "--out", str(tmp_path / "x"), "--mode", "union", "--dropout-rate", "1"]) == 2
+    assert "--dropout-rate must lie in [0, 1)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="mode must be one of"):
         seg.predict_distributional(rgb, depth_mm, K, mode="vote")
 
 
-def test_runtime_and_torch_tta_samples_agree(tiny, exported, frame):
+def test_onnx_and_torch_tta_samples_agree(tiny, onnx_seg, frame):
     rgb, depth, K = frame
-    seg = Segmenter.load(exported)
-    ort = seg.predict_samples(rgb, depth, K, samples=3, seed=5, sampler="tta")
-    pt = sampling.sample_hypotheses(tiny, rgb, depth, K, sampling.SamplerConfig(method="tta", samples=3, seed=5))
-    for (ma, sa), (mb, sb) in zip(ort, pt, strict=True):
-        assert ma.shape == mb.shape
-        assert (ma != mb).reshape(len(ma), -1).sum(1).max(initial=0) <= 3  # float rounding at the threshold
-        np.testing.assert_allclose(sa, sb, atol=1e-4)
+    cfg = SamplerConfig(method="tta", samples=3, seed=5)
+    ort = onnx_seg.predict_samples(rgb, depth, K, cfg)
+    pt = torch_segmenter(tiny, onnx_seg.proposals).predict_samples(rgb, depth, K, cfg)
+    _same_samples(ort, pt)
+    assert any(len(m) != len(ort[0][0]) or not np.array_equal(m, ort[0][0]) for m, _ in ort[1:])
 
 
-def test_runtime_mc_dropout_graph_is_torch_dropout_on_the_trunk(tiny, exported, frame):
+def test_onnx_mc_dropout_graph_is_the_torch_trunk_hook(tiny, exported, onnx_seg, frame):
     rgb, depth, K = frame
-    seg = Segmenter.load(exported)
+    seg = onnx_seg
     card = json.loads((exported / "model_card.json").read_text())
-    assert card["files"]["onnx_mc_dropout"] == "segmenter_mc.onnx" and seg.has_mc_dropout
+    assert card["files"]["onnx_mc_dropout"] == "segmenter_mc.onnx" and seg.backend.mc_path is not None
     C = card["mc_dropout"]["shape"][1]
-    assert C == TINY.head_width
+    assert C == TINY.head_width and seg.backend.mc_shape == TorchBackend(tiny).mc_shape == (1, C, 1, 1)
     x, *_ = seg.prepare(rgb, depth, K)
-    scale = (np.random.default_rng(0).random((1, C, 1, 1)) >= 0.3).astype(np.float32) / np.float32(0.7)
-    got = seg.run_network(x, scale)
-    h = tiny.trunk.register_forward_hook(lambda _m, _i, o: o * torch.from_numpy(scale))
-    try:
-        with torch.no_grad():
-            ref = tiny(torch.from_numpy(x))
-    finally:
-        h.remove()
+    scale = ((np.random.default_rng(0).random((1, C, 1, 1)) >= 0.3) / np.float32(0.7)).astype(np.float32)
+    got, ref = seg.backend.run(x, scale), TorchBackend(tiny).run(x, scale)
     for k in ("objectness", "features", "kernels"):
-        assert np.abs(got[k] - ref[k].numpy()).max() < 1e-4
-    ones = seg.run_network(x, np.ones((1, C, 1, 1), np.float32))
-    plain = seg.run_network(x)
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    ones = seg.backend.run(x, np.ones((1, C, 1, 1), np.float32))
+    plain = seg.backend.run(x)
     assert all(np.abs(ones[k] - plain[k]).max() < 1e-5 for k in ones)
-    smp = seg.predict_samples(rgb, depth, K, samples=4, seed=2, sampler="mc_dropout")
+    mc4 = SamplerConfig(method="mc_dropout", samples=4, seed=2)
+    smp = seg.predict_samples(rgb, depth, K, mc4)
     inst = seg.predict(rgb, depth, K)
     assert np.array_equal(smp[0][0], inst.masks) and np.array_equal(smp[0][1], inst.scores)
     assert any(not np.array_equal(m, inst.masks) for m, _ in smp[1:])
-    again = seg.predict_samples(rgb, depth, K, samples=4, seed=2, sampler="mc_dropout")
+    again = seg.predict_samples(rgb, depth, K, mc4)
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(smp, again, strict=True))
     with pytest.raises(ValueError, match="dropout_rate"):
-        seg.predict_samples(rgb, depth, K, samples=2, dropout_rate=1.0, sampler="mc_dropout")
+        seg.predict_samples(rgb, depth, K, SamplerConfig(method="mc_dropout", samples=2, dropout_rate=1.0))
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_mc_dropout_draws_are_identical_between_torch_and_onnx(tiny, onnx_seg, frame, rate):
+    """One seed, one rate: the torch and the ONNX backend are given the very same trunk factors
+    (drawn by the pipeline with numpy), so their samples are the same up to float rounding."""
+    rgb, depth, K = frame
+    ort = Recording(onnx_seg.backend)
+    pt = Recording(TorchBackend(tiny))
+    cfg = SamplerConfig(method="mc_dropout", samples=5, seed=11, dropout_rate=rate)
+    a = PipelineSegmenter(ort, onnx_seg.proposals).predict_samples(rgb, depth, K, cfg)
+    b = PipelineSegmenter(pt, onnx_seg.proposals).predict_samples(rgb, depth, K, cfg)
+    assert len(ort.scales) == len(pt.scales) == 5 and ort.scales[0] is None and pt.scales[0] is None
+    for sa, sb in zip(ort.scales[1:], pt.scales[1:], strict=True):
+        assert sa.shape == (1, TINY.head_width, 1, 1) and sa.dtype == np.float32
+        assert np.array_equal(sa, sb)
+        assert set(np.unique(sa).tolist()) <= {0.0, np.float32(1.0 / (1.0 - rate))}
+    assert len({s.tobytes() for s in ort.scales[1:]}) == 4  # every sample its own draw
+    _same_samples(a, b)
+    # through the Segmenters the callers use, too
+    _same_samples(onnx_seg.predict_samples(rgb, depth, K, cfg),
+                  torch_segmenter(tiny, onnx_seg.proposals).predict_samples(rgb, depth, K, cfg))
+
+
+# ---------------------------------------------------------------------------- distributional modes
+
+
+def test_distributional_modes_on_torch_and_onnx(tiny, onnx_seg, frame):
+    rgb, depth, K = frame
+    ts = torch_segmenter(tiny, onnx_seg.proposals)
+    cfg = SamplerConfig(method="tta", samples=4, seed=3)
+    for seg in (onnx_seg, ts):
+        mean = seg.predict_distributional(rgb, depth, K, mode="mean", sampler=cfg)
+        plain = seg.predict(rgb, depth, K)
+        assert np.array_equal(mean.masks, plain.masks) and np.array_equal(mean.scores, plain.scores)
+        smp = seg.predict_samples(rgb, depth, K, cfg)
+        conf = seg.predict_distributional(rgb, depth, K, mode="confidence", p=0.75, sampler=cfg)
+        ref = distributional(smp, "confidence", 0.75, seg.proposals)
+        assert np.array_equal(conf.masks, ref.masks) and np.array_equal(conf.scores, ref.scores)
+        assert conf.info["required_agreement"] == ref.required == 3 and conf.info["samples"] == 4
+        assert conf.info["sampler"] == "tta" and conf.info["seed"] == 3 and conf.info["p"] == 0.75
+        assert len(conf) > 0 and conf.masks.sum(0).max() <= 1  # disjoint
+        for c in conf.masks:
+            assert _contained_in(c, smp) >= 3 and c.sum() >= seg.proposals.min_area
+        uni = seg.predict_distributional(rgb, depth, K, mode="union", sampler=cfg, union_iou=0.3)
+        ref_u = distributional(smp, "union", 0.9, seg.proposals, union_iou=0.3)
+        assert np.array_equal(uni.masks, ref_u.masks) and uni.info["p"] is None
+        assert np.array_equal(uni.points, interior_points(uni.masks))
+        capped = seg.predict_distributional(rgb, depth, K, mode="union", sampler=cfg, max_hypotheses=2)
+        assert len(capped) == 2  # the proposal overrides hold for the samples and the result
+    with pytest.raises(ValueError, match="'confidence' or 'union'"):
+        distributional([], "mean", 0.9, ProposalConfig())
 
 
 # ------------------------------------------------------------------------------------------ agent
@@ -359,9 +469,9 @@ def test_agent_grasps_confidence_masks_only_when_enabled(frame):
         calls.append(p)
         return inner[None], np.array([0.7], np.float32)
 
-    def run(cfg):
+    def run(cfg, fn=conf_fn, masks=A[None], scores=None):
         ag = Agent(cfg, np.random.default_rng(0))
-        return ag.choose(f, A[None], np.array([0.9], np.float32), confidence_fn=conf_fn)
+        return ag.choose(f, masks, np.array([0.9], np.float32) if scores is None else scores, confidence_fn=fn)
 
     base = dict(primitive="grasp", exploration=0.0)
     action, chosen, target = run(AgentConfig(**base))
@@ -375,40 +485,43 @@ def test_agent_grasps_confidence_masks_only_when_enabled(frame):
     assert not calls  # pokes never ask for confidence masks
     with pytest.raises(ValueError, match="grasp_confidence_p"):
         AgentConfig(grasp_confidence_p=0.0).validate()
-    # the confidence function built from a model returns masks that pass the containment property
-    fn = sampling.make_confidence_fn(lambda: _tiny_for_agent(), sampling.SamplerConfig(samples=3))
-    m, s = fn(f, 0.5)
-    assert m.shape[1:] == (128, 160) and len(m) == len(s)
+    # confidence masks of a model (the loop's confidence function: the pipeline's confidence mode)
+    seg = torch_segmenter(_tiny(1))
+    sampler = SamplerConfig(samples=3)
 
+    def model_fn(frame, p):
+        inst = seg.predict_distributional(frame.rgb, frame.depth, frame.K, mode="confidence", p=p, sampler=sampler)
+        return inst.masks, inst.scores
 
-def _tiny_for_agent() -> PointSegmenter:
-    torch.manual_seed(1)
-    m = PointSegmenter(TINY)
-    with torch.no_grad():
-        m.obj_head.bias.fill_(1.0)
-    return m.eval()
+    m, s = model_fn(f, 0.5)
+    assert m.shape[1:] == (128, 160) and len(m) == len(s) > 0
+    smp = seg.predict_samples(rgb, depth, K, sampler)
+    assert all(_contained_in(c, smp) >= 2 for c in m)
+    plain = seg.predict(rgb, depth, K)
+    _, _, target3 = run(AgentConfig(**base, grasp_confidence_p=0.5), model_fn, plain.masks, plain.scores)
+    assert target3.any() and any(not (target3 & ~c).any() for c in m)  # the grasp target is a confidence mask
 
 
 def test_confidence_of_torch_samples_is_contained(tiny, frame):
     rgb, depth, K = frame
-    smp = sampling.sample_hypotheses(tiny, rgb, depth, K, sampling.SamplerConfig(method="mc_dropout", samples=4))
+    smp = torch_segmenter(tiny).predict_samples(rgb, depth, K, SamplerConfig(method="mc_dropout", samples=4))
     res = confidence_masks(smp, 0.5, ConfidenceConfig())
     assert len(res) > 0
     for c in res.masks:
-        assert sum(any(not (c & ~m).any() for m in ms) for ms, _ in smp) >= 2
+        assert _contained_in(c, smp) >= 2
 
 
 def test_ensemble_samples_split_the_views_over_the_models(tiny, frame):
-    from learner.sampling import ensemble_samples
-
     rgb, depth, K = frame
-    torch.manual_seed(5)
-    other = PointSegmenter(TINY).eval()
-    with torch.no_grad():
-        other.obj_head.bias.fill_(1.0)
-    smp = ensemble_samples([tiny, other], rgb, depth, K, 5)
+    members = [torch_segmenter(tiny), torch_segmenter(_tiny(5))]
+    smp = ensemble_samples(members, rgb, depth, K, 5)
     assert len(smp) == 5
-    for i, m in ((0, tiny), (3, other)):  # each member's identity view opens its share (3 + 2)
-        ref_m, ref_s = propose(m, rgb, depth, K)
-        assert np.array_equal(smp[i][0], ref_m) and np.array_equal(smp[i][1], ref_s)
+    for i, seg in ((0, members[0]), (3, members[1])):  # each member's identity view opens its share (3 + 2)
+        ref = seg.predict(rgb, depth, K)
+        assert np.array_equal(smp[i][0], ref.masks) and np.array_equal(smp[i][1], ref.scores)
     assert not np.array_equal(smp[0][0], smp[3][0])
+    # member j draws its views with seed j
+    assert all(np.array_equal(a[0], b[0]) for a, b in
+               zip(smp[3:], members[1].predict_samples(rgb, depth, K, SamplerConfig("tta", 2, 1)), strict=True))
+    with pytest.raises(ValueError, match="at least one model"):
+        ensemble_samples([], rgb, depth, K, 2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from data.geometry import height_above_table
-from learner.preprocess import HEIGHT_SCALE_M, make_input
-from learner.table_plane import height_above_plane
+from learner.model.preprocess import HEIGHT_SCALE_M, make_input
+from learner.proposals.plane import height_above_plane
 from sim.env import InteractiveTabletopEnv, TabletopConfig
 
 

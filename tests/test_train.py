@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from data.interaction import build_record
+from learner.loop.record import build_record
 from data.log import InteractionLog
 from data.schema import Label
-from learner.agent import Agent, AgentConfig
-from learner.model import SegmenterConfig
-from learner.preprocess import IN_CHANNELS
-from learner.train import TrainConfig, Trainer
-from learner.train_data import LogSource
+from learner.loop.agent import Agent, AgentConfig
+from learner.model.network import SegmenterConfig
+from learner.proposals.frame import IN_CHANNELS
+from learner.train.trainer import TrainConfig, Trainer
+from learner.train.data import LogSource
 from robot.sim_robot import SimRobot, SimRobotConfig
 
 TINY = SegmenterConfig(stem_width=8, widths=(16, 16, 32), depths=(1, 1, 1), fpn_width=16)
@@ -76,15 +76,15 @@ def test_nothing_moved_on_a_known_object_is_not_a_negative(tiny_log):
 
 @pytest.mark.parametrize("loss", ["robust", "bce_dice"])
 def test_a_few_steps_lower_the_loss(tiny_log, loss):
-    cfg = TrainConfig(steps=20, batch_size=3, lr=3e-3, loss=loss, max_queries=24, warmup_steps=2, seed=1)
-    tr = Trainer(cfg, TINY)
+    cfg = TrainConfig(batch_size=3, lr=3e-3, loss=loss, max_queries=24, warmup_steps=2)
+    tr = Trainer(cfg, TINY, seed=1)
     src = LogSource(tiny_log)
     fixed = tr.sample_batch(src)
     tr.model.train()
     with torch.no_grad():
         before, _ = tr.loss_on(fixed)
     tr.cfg.color_jitter = 0.0
-    tr.train(src, progress=False)
+    tr.train(src, 20, progress=False)
     tr.model.train()
     with torch.no_grad():
         after, parts = tr.loss_on(fixed)
@@ -92,14 +92,14 @@ def test_a_few_steps_lower_the_loss(tiny_log, loss):
 
 
 def test_checkpoint_round_trip_and_resume(tiny_log, tmp_path):
-    cfg = TrainConfig(steps=3, batch_size=2, max_queries=8, seed=2)
-    a = Trainer(cfg, TINY)
+    cfg = TrainConfig(batch_size=2, max_queries=8)
+    a = Trainer(cfg, TINY, seed=2)
     src = LogSource(tiny_log)
-    a.train(src, progress=False)
+    a.train(src, 3, progress=False)
     path = a.save(tmp_path / "ckpt" / "last.pt")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and primitives only
     assert ckpt["step"] == 3 and ckpt["model_version"] == 1
-    b = Trainer(TrainConfig(steps=3, batch_size=2, max_queries=8, seed=99), TINY)
+    b = Trainer(TrainConfig(batch_size=2, max_queries=8), TINY, seed=99)
     b.load(path)
     x = torch.randn(1, IN_CHANNELS, 64, 96)
     a.model.eval()
@@ -109,6 +109,7 @@ def test_checkpoint_round_trip_and_resume(tiny_log, tmp_path):
     for k in oa:
         torch.testing.assert_close(oa[k], ob[k])
     assert b.step == 3 and b.rng.bit_generator.state == a.rng.bit_generator.state  # RNG state resumes too
+    assert b.seed == 2 and ckpt["seed"] == 2
     # both continue identically (the torch RNG is process-global: each run starts from the checkpoint's)
     torch.set_rng_state(ckpt["torch_rng"])
     a.train(src, steps=2, progress=False)
@@ -127,12 +128,13 @@ def test_bad_train_config_is_rejected():
 
 
 def test_train_cli_trains_and_resumes(tiny_log, tmp_path, capsys):
-    from learner.train import main
+    from learner.train.trainer import main
 
     out = tmp_path / "ck"
-    args = ["--log", str(tiny_log), "--out", str(out), "--steps", "2", "--batch-size", "2", "--threads", "1"]
+    args = ["--log", str(tiny_log), "--out", str(out), "--steps", "2", "--seed", "3", "--batch-size", "2", "--threads", "1"]
     assert main(args) == 0
-    assert torch.load(out / "last.pt", map_location="cpu", weights_only=True)["step"] == 2
+    first = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert first["step"] == 2 and first["seed"] == 3 and "steps" not in first["train_config"]
     assert main(args) == 0
     assert "resumed from" in capsys.readouterr().out
     assert torch.load(out / "last.pt", map_location="cpu", weights_only=True)["step"] == 4
@@ -140,9 +142,9 @@ def test_train_cli_trains_and_resumes(tiny_log, tmp_path, capsys):
 
 
 def test_latent_model_trains_with_a_posterior_and_a_kl_term(tiny_log, tmp_path):
-    cfg = TrainConfig(steps=20, batch_size=3, lr=3e-3, max_queries=24, warmup_steps=2, seed=1, kl_warmup_steps=5)
+    cfg = TrainConfig(batch_size=3, lr=3e-3, max_queries=24, warmup_steps=2, kl_warmup_steps=5)
     latent = SegmenterConfig(**{**TINY.to_dict(), "widths": TINY.widths, "depths": TINY.depths, "latent_dim": 4})
-    tr = Trainer(cfg, latent)
+    tr = Trainer(cfg, latent, seed=1)
     src = LogSource(tiny_log)
     fixed = tr.sample_batch(src)
     tr.model.train()
@@ -151,7 +153,7 @@ def test_latent_model_trains_with_a_posterior_and_a_kl_term(tiny_log, tmp_path):
         before, parts0 = tr.loss_on(fixed)
     assert "kl" in parts0 and parts0["kl"] >= 0.0
     tr.cfg.color_jitter = 0.0
-    tr.train(src, progress=False)
+    tr.train(src, 20, progress=False)
     tr.model.train()
     torch.manual_seed(0)
     with torch.no_grad():

@@ -1,0 +1,306 @@
+"""Segment RGB-D frames on disk with an exported model (`python -m learner.deploy predict`; torch-free).
+
+    python -m learner.deploy predict --model OUT_DIR --rgb IMG.png --depth DEPTH.png --intrinsics K.json --out DIR
+    python -m learner.deploy predict --model OUT_DIR --scenes SCENES_DIR --out DIR
+    python -m learner.deploy predict ... --mode confidence --p 0.9 --samples 10   # safer grasp targets
+
+Frames go through `learner.deploy.runtime.Segmenter` (the one proposal pipeline of
+`learner.proposals` over onnxruntime); the distributional modes take a
+`learner.proposals.segmenter.SamplerConfig`. Per frame: STEM_label.png (uint16 instance ids),
+STEM_overlay.png and STEM.json, written all or nothing. Needs only numpy, onnxruntime and opencv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from learner.deploy import DeployError
+from learner.deploy.runtime import MC_ONNX_NAME, MODES, InputError, Instances, ModelError, Segmenter
+from learner.proposals.segmenter import SamplerConfig
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+LATENT_SAMPLERS = ("latent", "tta_latent")
+
+
+def read_intrinsics(path: Path) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """JSON with fx, fy, cx, cy (optional width, height; scene_io camera JSONs qualify) or "K" 3x3
+    -> (K, (W, H) or None)."""
+    if not path.is_file():
+        raise DeployError(f"missing intrinsics file: {path}")
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DeployError(f"malformed intrinsics JSON {path}: {e}") from None
+    if not isinstance(d, dict):
+        raise DeployError(f"malformed intrinsics JSON {path}: expected an object with fx, fy, cx, cy")
+    try:
+        if all(k in d for k in ("fx", "fy", "cx", "cy")):
+            K = np.array([[float(d["fx"]), 0.0, float(d["cx"])], [0.0, float(d["fy"]), float(d["cy"])], [0, 0, 1]])
+        elif "K" in d:
+            K = np.asarray(d["K"], dtype=np.float64).reshape(3, 3)
+        else:
+            missing = [k for k in ("fx", "fy", "cx", "cy") if k not in d]
+            raise DeployError(f"intrinsics {path} lack {', '.join(missing)} (need fx, fy, cx, cy or K)")
+        size = None
+        if "width" in d or "height" in d:
+            size = (int(d["width"]), int(d["height"]))
+    except (TypeError, ValueError, KeyError) as e:
+        raise DeployError(f"malformed intrinsics {path}: {e}") from None
+    if not np.all(np.isfinite(K)):
+        raise DeployError(f"intrinsics {path} contain NaN or inf")
+    return K, size
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DeployError(f"missing rgb file: {path}")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DeployError(f"corrupt or unreadable rgb image: {path}")
+    if img.dtype != np.uint8:
+        raise DeployError(f"rgb image must be 8-bit, got {img.dtype}: {path}")
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    elif img.shape[2] != 3:
+        raise DeployError(f"rgb image must have 3 channels, got {img.shape}: {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_depth(path: Path) -> np.ndarray:
+    """uint16 PNG millimetres or .npy (float metres; uint16 read as millimetres)."""
+    if not path.is_file():
+        raise DeployError(f"missing depth file: {path}")
+    if path.suffix.lower() == ".npy":
+        try:
+            d = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise DeployError(f"corrupt or unreadable depth array {path}: {e}") from None
+        return d
+    d = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if d is None:
+        raise DeployError(f"corrupt or unreadable depth image: {path}")
+    if d.ndim != 2 or d.dtype != np.uint16:
+        desc = f"{d.dtype} with {1 if d.ndim == 2 else d.shape[2]} channel(s)"
+        raise DeployError(f"depth PNG must be single-channel uint16 millimetres, got {desc}: {path}")
+    return d
+
+
+def _list_frames(d: Path, exts: tuple[str, ...], what: str) -> dict[str, Path]:
+    if not d.is_dir():
+        raise DeployError(f"no such {what} directory: {d}")
+    out: dict[str, Path] = {}
+    for p in sorted(d.iterdir()):
+        if p.is_file() and p.suffix.lower() in exts:
+            if p.stem in out:
+                raise DeployError(f"two {what} files share the stem {p.stem!r}: {out[p.stem]} and {p}")
+            out[p.stem] = p
+    return out
+
+
+def collect_frames(rgb: Path, depth: Path, intr: Path) -> list[tuple[str, Path, Path, Path]]:
+    """Pair rgb/depth/intrinsics by file stem -> [(stem, rgb, depth, intrinsics)]."""
+    if rgb.is_dir() != depth.is_dir():
+        raise DeployError(f"--rgb and --depth must both be files or both be directories ({rgb}, {depth})")
+    if not rgb.is_dir():
+        for p, what in ((rgb, "rgb"), (depth, "depth")):
+            if not p.is_file():
+                raise DeployError(f"missing {what} file: {p}")
+        if intr.is_dir():
+            return [(rgb.stem, rgb, depth, intr / f"{rgb.stem}.json")]
+        return [(rgb.stem, rgb, depth, intr)]
+    rgbs = _list_frames(rgb, IMAGE_EXTS, "rgb")
+    depths = _list_frames(depth, (".png", ".npy"), "depth")
+    if not rgbs:
+        raise DeployError(f"no rgb images in {rgb}")
+    only_rgb = sorted(set(rgbs) - set(depths))
+    only_depth = sorted(set(depths) - set(rgbs))
+    if only_rgb or only_depth:
+        msg = []
+        if only_rgb:
+            msg.append("rgb without depth: " + ", ".join(str(rgbs[s]) for s in only_rgb))
+        if only_depth:
+            msg.append("depth without rgb: " + ", ".join(str(depths[s]) for s in only_depth))
+        raise DeployError("unpaired frames (rgb and depth are paired by file stem); " + "; ".join(msg))
+    return [(s, rgbs[s], depths[s], intr / f"{s}.json" if intr.is_dir() else intr) for s in sorted(rgbs)]
+
+
+_PALETTE = np.array(
+    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
+     [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255], [170, 110, 40],
+     [255, 250, 200], [128, 0, 0], [170, 255, 195], [128, 128, 0], [255, 215, 180], [0, 0, 128], [128, 128, 128]],
+    np.uint8,
+)
+
+
+def overlay_image(rgb: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """RGB (H,W,3) with each instance tinted and outlined, ids written at the mask centres."""
+    out = rgb.astype(np.float32)
+    ids = [int(i) for i in np.unique(label) if i != 0]
+    for i in ids:
+        m = label == i
+        out[m] = (1 - alpha) * out[m] + alpha * _PALETTE[(i - 1) % len(_PALETTE)]
+    out = out.astype(np.uint8)
+    for i in ids:
+        m = (label == i).astype(np.uint8)
+        col = tuple(int(c) for c in _PALETTE[(i - 1) % len(_PALETTE)])
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, col, 1)
+        vv, uu = np.nonzero(m)
+        cv2.putText(out, str(i), (int(uu.mean()), int(vv.mean())), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return out
+
+
+def _encode_png(img: np.ndarray, what: str) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise DeployError(f"could not encode {what}")
+    return buf.tobytes()
+
+
+def _write_all(files: dict[Path, bytes]) -> None:
+    """Write every file or none: temporaries first, then renames; cleaned up on failure."""
+    tmps: list[tuple[Path, Path]] = []
+    try:
+        for p, data in files.items():
+            t = p.with_name(p.name + ".tmp")
+            t.write_bytes(data)
+            tmps.append((t, p))
+        for t, p in tmps:
+            os.replace(t, p)
+    except OSError as e:
+        for t, p in tmps:
+            t.unlink(missing_ok=True)
+            p.unlink(missing_ok=True)
+        raise DeployError(f"could not write outputs: {e}") from None
+
+
+def predict_frame(
+    seg: Segmenter, stem: str, rgb_path: Path, depth_path: Path, intr_path: Path, out_dir: Path,
+    mode: str = "mean", p: float = 0.9, sampler: SamplerConfig | None = None,
+) -> dict[str, Any]:
+    """Read, check, predict and write one frame's outputs (all or nothing); returns its JSON.
+
+    mode "mean" is the plain prediction (`Segmenter.predict`); "confidence" / "union" are the
+    distributional modes of `Segmenter.predict_distributional` with p and the sampler settings
+    (default SamplerConfig())."""
+    rgb = read_rgb(rgb_path)
+    depth = read_depth(depth_path)
+    K, size = read_intrinsics(intr_path)
+    H, W = rgb.shape[:2]
+    if size is not None and size != (W, H):
+        raise DeployError(
+            f"intrinsics {intr_path} are for {size[0]}x{size[1]} but {rgb_path} is {W}x{H}; "
+            "use the intrinsics of this resolution"
+        )
+    t0 = time.perf_counter()
+    try:
+        if mode == "mean":
+            inst: Instances = seg.predict(rgb, depth, K)
+        else:
+            inst = seg.predict_distributional(rgb, depth, K, mode=mode, p=p, sampler=sampler or SamplerConfig())
+    except InputError as e:
+        raise DeployError(f"{rgb_path} / {depth_path} / {intr_path}: {e}") from None
+    except ModelError as e:
+        raise DeployError(str(e)) from None
+    dt = time.perf_counter() - t0
+    label = inst.label_image()
+    rec = {
+        "rgb": str(rgb_path),
+        "depth": str(depth_path),
+        "intrinsics": str(intr_path),
+        "width": W,
+        "height": H,
+        "model_version": seg.model_version,
+        "num_seeds": inst.info.get("num_seeds"),
+        "latency_ms": round(1000 * dt, 2),
+        "bbox_convention": "[x0, y0, x1, y1] half-open pixel bounds",
+        "centroid_frame": "camera, OpenCV axes, metres (null when the mask has no valid depth)",
+        "instances": inst.to_records(),
+    }
+    if mode != "mean":  # the mean-mode record stays exactly as before
+        rec["distributional"] = {k: inst.info.get(k) for k in ("mode", "p", "samples", "required_agreement", "seed",
+                                                                "sampler", "dropout_rate")}
+        rec["seed_uv_meaning"] = "most interior pixel of the mask (distance-transform peak)"
+    files = {
+        out_dir / f"{stem}_label.png": _encode_png(label, "label image"),
+        out_dir / f"{stem}_overlay.png": _encode_png(cv2.cvtColor(overlay_image(rgb, label), cv2.COLOR_RGB2BGR),
+                                                     "overlay"),
+        out_dir / f"{stem}.json": json.dumps(rec, indent=1).encode(),
+    }
+    _write_all(files)
+    return rec
+
+
+def sampler_from_args(args: argparse.Namespace) -> tuple[str, float, SamplerConfig]:
+    """(mode, p, SamplerConfig) of the predict options; DeployError naming a bad option."""
+    mode = getattr(args, "mode", "mean")
+    p = getattr(args, "p", 0.9)
+    d = SamplerConfig()
+    samples, seed = getattr(args, "samples", d.samples), getattr(args, "seed", d.seed)
+    method = getattr(args, "sampler", d.method)
+    rate = getattr(args, "dropout_rate", d.dropout_rate)
+    if mode not in MODES:
+        raise DeployError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if not (isinstance(p, int | float) and math.isfinite(p) and 0.0 < p <= 1.0):
+        raise DeployError(f"--p must lie in (0, 1], got {p}")
+    if samples < 1:
+        raise DeployError(f"--samples must be >= 1, got {samples}")
+    if not 0.0 <= rate < 1.0:
+        raise DeployError(f"--dropout-rate must lie in [0, 1), got {rate}")
+    try:
+        sampler = SamplerConfig(method=method, samples=int(samples), seed=int(seed), dropout_rate=float(rate)).validate()
+    except ValueError as e:
+        raise DeployError(str(e)) from None
+    return mode, float(p), sampler
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """The predict command: every frame of --rgb/--depth/--intrinsics or --scenes; 2 if any failed."""
+    if args.scenes:
+        sc = Path(args.scenes)
+        rgb, depth, intr = sc / "rgb", sc / "depth", sc / "camera"
+    else:
+        if not (args.rgb and args.depth and args.intrinsics):
+            raise DeployError("give --scenes DIR, or all of --rgb, --depth and --intrinsics")
+        rgb, depth, intr = Path(args.rgb), Path(args.depth), Path(args.intrinsics)
+    mode, p, sampler = sampler_from_args(args)
+    frames = collect_frames(rgb, depth, intr)
+    try:
+        seg = Segmenter.load(args.model, threads=args.threads)
+    except ModelError as e:
+        raise DeployError(str(e)) from None
+    if mode != "mean":  # a sampler the model cannot run fails before any frame
+        if sampler.method == "mc_dropout" and seg.backend.mc_shape is None:
+            raise DeployError(f"{args.model}: this export has no MC-dropout graph ({MC_ONNX_NAME}); re-export it "
+                              "with `python -m learner.deploy export`, or use --sampler tta")
+        if sampler.method in LATENT_SAMPLERS and seg.backend.latent_weight is None:
+            raise DeployError(f"{args.model}: sampler {sampler.method!r} needs a model with a latent code "
+                              "(trained with latent_dim > 0); use --sampler tta or mc_dropout")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for stem, r, d, k in frames:
+        try:
+            rec = predict_frame(seg, stem, r, d, k, out, mode, p, sampler)
+        except DeployError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        print(f"{stem}: {len(rec['instances'])} instances, {rec['latency_ms']:.1f} ms")
+    if failed:
+        print(f"error: {failed} of {len(frames)} frame(s) failed; nothing was written for them", file=sys.stderr)
+        return 2
+    return 0

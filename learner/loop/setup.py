@@ -1,0 +1,85 @@
+"""Build an `InteractiveLoop` from a composed Hydra config, and print its end-of-run summary."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from data.frame_diff import FrameDiffConfig
+from learner.loop.agent import AgentConfig
+from learner.loop.config import to_dataclass, validate
+from learner.loop.interactive import InteractiveLoop, LoopSettings
+from learner.model.network import SegmenterConfig
+from learner.train.trainer import TrainConfig
+from robot.base import Robot
+
+
+def make_robot(node: Any) -> Robot:
+    if node.kind == "sim":
+        from robot.sim_robot import SimRobot, SimRobotConfig
+
+        return SimRobot(to_dataclass(SimRobotConfig, node))
+    if node.kind == "franka":
+        from robot.franka_robot import SETUP_HINT, FrankaConfig, FrankaRobot
+
+        cfg = to_dataclass(FrankaConfig, OmegaConf.to_container(node, resolve=True))  # plain lists, not ListConfig
+        needed = {"pyrealsense2": "pyrealsense2"} | ({} if cfg.dry_run else {"franky": "franky-control"})
+        missing = []
+        for module, package in needed.items():
+            try:
+                importlib.import_module(module)
+            except ImportError as e:  # not installed, or pyrealsense2 without Debian's libusb-1.0-0
+                missing.append(f"{package} ({e})")
+        if missing:
+            raise ImportError(f"robot=franka needs {' and '.join(missing)}: {SETUP_HINT}")
+        return FrankaRobot(cfg)
+    raise ValueError(f"unknown robot.kind {node.kind!r}; expected sim or franka")
+
+
+def _typed(cls: type, node: Any) -> Any:
+    """The dataclass instance of a structured config node (nested dataclasses such as the
+    ProposalConfig of `agent.proposals` / `loop.proposals` included)."""
+    obj = OmegaConf.to_object(node)
+    if not isinstance(obj, cls):
+        raise TypeError(f"config node is a {type(obj).__name__}, expected {cls.__name__}")
+    return obj
+
+
+def build_loop(cfg: DictConfig, run_dir: str) -> InteractiveLoop:
+    validate(cfg)
+    m = cfg.learner.model
+    model_cfg = SegmenterConfig(stem_width=m.stem_width, widths=tuple(m.widths), depths=tuple(m.depths),
+                                fpn_width=m.fpn_width, embed_dim=m.embed_dim, latent_dim=m.latent_dim)
+    train_cfg = to_dataclass(TrainConfig, cfg.learner)
+    train_cfg.seed = int(cfg.loop.seed)
+    return InteractiveLoop(
+        run_dir, make_robot(cfg.robot), _typed(LoopSettings, cfg.loop), train_cfg, model_cfg,
+        _typed(AgentConfig, cfg.agent), to_dataclass(FrameDiffConfig, cfg.frame_diff),
+        config_snapshot=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    def f(x: Any) -> str:
+        return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+    rows = [
+        ("interactions (total / this run)", f"{s['interactions_total']} / {s['interactions_this_run']}"),
+        ("positive rate this run", f(s["positive_rate_this_run"])),
+        ("object-hit rate, model proposals (sim GT)", f(s["hit_rate_model_proposals_gt"])),
+        ("object-hit rate, exploration / cold start (sim GT)", f(s["hit_rate_exploration_gt"])),
+        ("model version / train steps / train s", f"v{s['model_version']} / {s['train_steps']} / {s['train_seconds']:.0f}"),
+    ]
+    for k, v in s["eval"].items():
+        rows.append((f"held-out {k}", f"{f(v)} (depth clustering {f(s['baseline_depth_clustering'].get(k))})"))
+    rows += [("run directory", s["run_dir"]), ("interaction log", s["log"]), ("deployable model", s["model"]),
+             ("metrics", s["metrics"])]
+    for ver, v in s.get("model_proposals_by_version", {}).items():
+        rows.append((f"model v{ver} proposals: n / positive / hit (GT)",
+                     f"{v['n']} / {v['positive_rate']:.2f} / {f(v['hit_rate_gt'])}"))
+    w = max(len(k) for k, _ in rows)
+    print("\nSummary")
+    for k, v in rows:
+        print(f"  {k:<{w}}  {v}")

@@ -1,0 +1,190 @@
+"""Training images and their partial labels, built from an interaction log or from labelled scenes.
+
+A `TrainImage` is one RGB-D frame with whatever is known about it:
+- `masks` + `points`: instance masks (noisy for interactions and pasted cut-outs, exact for the
+  oracle) and the query pixels (u, v) whose decoded mask should equal each of them;
+- `negatives`: pixels (u, v) where an interaction moved nothing ("no object here");
+- `table`: pixels whose observed 3D point lies on the table plane (z ~ 0 in the robot frame). This
+  is geometry the robot measures itself (its calibrated camera and table), not a label; it tells the
+  objectness head where the bare table is. Switched off with `TrainConfig.table_prior = False`.
+- `group`/`instance_ids`: pseudo-sequence frames x1 and x2 share a group; instance ids tie the same
+  pasted object across the two frames (RISE association).
+
+Sources:
+- `LogSource`: committed records of an interaction log (self-supervised: positives, negatives and
+  RISE pseudo-sequences pasted from an instance bank of good interaction masks).
+- `SceneSource`: exported scenes with ground-truth labels — ONLY for the supervised oracle baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from data.geometry import height_above_table
+from data.label_propagation import PropagationConfig, propagate_masks
+from data.log import InteractionLog
+from data.schema import Label
+from learner.train.pseudo_sequences import InstanceBank, cutout_from_interaction, make_pseudo_sequence
+
+
+@dataclass
+class TrainImage:
+    rgb: np.ndarray  # (H,W,3) uint8
+    depth: np.ndarray  # (H,W) float32 metres, 0 = missing
+    K: np.ndarray  # (3,3) pixels
+    masks: list[np.ndarray] = field(default_factory=list)  # (H,W) bool each
+    points: list[np.ndarray] = field(default_factory=list)  # (n,2) float (u,v) per mask
+    negatives: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    table: np.ndarray | None = None  # (H,W) bool
+    group: int = -1
+    instance_ids: list[int] = field(default_factory=list)
+
+
+def table_pixels(depth: np.ndarray, K: np.ndarray, camera_pose: np.ndarray, max_height: float) -> np.ndarray:
+    """(H,W) bool: valid pixels whose world point is within `max_height` metres of the plane z = 0."""
+    h = height_above_table(depth, K, camera_pose)
+    return np.abs(np.nan_to_num(h, nan=np.inf)) < max_height
+
+
+def sample_points_in(mask: np.ndarray, n: int, rng: np.random.Generator, first: tuple[float, float] | None = None,
+                     erode: int = 2) -> np.ndarray:
+    """`n` query pixels (u, v) inside `mask` (eroded when it stays non-empty); `first` is kept as the first."""
+    inner = ndimage.binary_erosion(mask, iterations=erode) if erode else mask
+    if not inner.any():
+        inner = mask
+    vs, us = np.nonzero(inner)
+    pts = []
+    if first is not None:
+        pts.append(first)
+    if len(vs):
+        idx = rng.integers(len(vs), size=max(n - len(pts), 0))
+        pts += [(float(us[i]), float(vs[i])) for i in idx]
+    return np.asarray(pts, np.float32).reshape(-1, 2)
+
+
+class LogSource:
+    """Self-supervised training images from the committed records of an interaction log."""
+
+    def __init__(self, log_path: str | Path, table_prior_height: float = 0.004, bank_capacity: int = 512,
+                 min_mask_area: int = 30, limit: int | None = None, propagation: PropagationConfig | None = None):
+        self.table_prior_height = table_prior_height
+        self.min_mask_area = min_mask_area
+        self.rgb: list[np.ndarray] = []
+        self.depth: list[np.ndarray] = []
+        self.K: list[np.ndarray] = []
+        self.pose: list[np.ndarray] = []
+        self.pixel: list[np.ndarray] = []
+        self.mask: list[np.ndarray | None] = []
+        self.label: list[int] = []
+        self.bank = InstanceBank(capacity=bank_capacity)
+        self._table_cache: dict[int, np.ndarray] = {}
+        with InteractionLog.open(log_path, "r") as log:
+            self.n_records = len(log) if limit is None else min(len(log), int(limit))  # the first `limit`
+            for i in range(self.n_records):
+                r = log[i]
+                if r.label == Label.INVALID:
+                    continue
+                positive = r.label == Label.POSITIVE and int(r.mask.sum()) >= min_mask_area
+                if r.label == Label.POSITIVE and not positive:
+                    continue
+                self.rgb.append(r.rgb_before)
+                self.depth.append(r.depth_before)
+                self.K.append(np.asarray(r.K, np.float64))
+                self.pose.append(np.asarray(r.camera_pose, np.float64))
+                self.pixel.append(np.asarray(r.pixel, np.float32))
+                self.mask.append(r.mask if positive else None)
+                self.label.append(int(r.label))
+                if positive:
+                    self.bank.add(cutout_from_interaction(r.rgb_before, r.depth_before, r.mask, r.depth_after, source=i))
+        # masks of the same scene that are also valid in each frame (data/label_propagation.py);
+        # without propagation a frame knows only its own interaction's mask
+        if propagation is not None:
+            self.known = propagate_masks(self.rgb, self.depth, self.pose, self.mask, propagation)
+        else:
+            self.known = [[i] if m is not None else [] for i, m in enumerate(self.mask)]
+        self.positives = [i for i, m in enumerate(self.mask) if m is not None]
+        self.negatives = [i for i, m in enumerate(self.mask) if m is None]
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+    def _table(self, i: int) -> np.ndarray:
+        if i not in self._table_cache:
+            self._table_cache[i] = table_pixels(self.depth[i], self.K[i], self.pose[i], self.table_prior_height)
+        return self._table_cache[i]
+
+    def interaction_image(self, i: int, rng: np.random.Generator, points_per_mask: int) -> TrainImage:
+        img = TrainImage(self.rgb[i], self.depth[i], self.K[i], table=self._table(i))
+        u, v = (float(x) for x in self.pixel[i])
+        if self.mask[i] is None and not self.negative_on_known_object(i):
+            img.negatives = np.array([[u, v]], np.float32)
+        for s in self.known[i]:
+            img.masks.append(self.mask[s])
+            img.points.append(sample_points_in(self.mask[s], points_per_mask, rng, first=(u, v) if s == i else None))
+        return img
+
+    def negative_on_known_object(self, i: int) -> bool:
+        """True if record i moved nothing but its pixel lies inside a mask known for its frame (one
+        propagated from another interaction): the robot touched an object that did not move (a failed
+        grasp, a heavy object), so "nothing moved" must not teach "no object here"."""
+        H, W = self.depth[i].shape
+        u, v = (int(round(float(x))) for x in self.pixel[i])
+        if not (0 <= u < W and 0 <= v < H):
+            return False
+        return any(bool(self.mask[s][v, u]) for s in self.known[i])
+
+    @property
+    def n_known_masks(self) -> int:
+        """Labelled masks over all frames, propagated ones included."""
+        return sum(len(k) for k in self.known)
+
+    def pseudo_pair(self, rng: np.random.Generator, points_per_mask: int, group: int,
+                    min_visible: int = 40) -> tuple[TrainImage, TrainImage] | None:
+        """A RISE pseudo-sequence (x1, x2) pasted onto a random logged frame, or None without a bank."""
+        if len(self.bank) < 2:
+            return None
+        i = int(rng.integers(len(self)))
+        x1, x2, _ = make_pseudo_sequence(self.rgb[i], self.depth[i], self.bank, rng)
+        out = []
+        for x in (x1, x2):
+            img = TrainImage(x.rgb, x.depth, self.K[i], group=group,
+                             table=table_pixels(x.depth, self.K[i], self.pose[i], self.table_prior_height))
+            for k, iid in enumerate(x.ids):
+                vis = x.visible_masks[k]
+                if vis.sum() < min_visible:
+                    continue
+                img.masks.append(vis)
+                img.points.append(sample_points_in(vis, points_per_mask, rng))
+                img.instance_ids.append(int(iid))
+            out.append(img)
+        return out[0], out[1]
+
+
+class SceneSource:
+    """ORACLE ONLY: fully labelled exported scenes (simulator ground truth) as training images."""
+
+    def __init__(self, scenes_dir: str | Path, limit: int | None = None, min_area: int = 30):
+        from data.scene_io import iter_scenes
+
+        self.scenes = list(iter_scenes(scenes_dir, limit=limit))
+        self.min_area = min_area
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def image(self, i: int, rng: np.random.Generator, points_per_mask: int) -> TrainImage:
+        s = self.scenes[i]
+        img = TrainImage(s.rgb, s.depth, s.K, table=(s.label == 0) & (s.depth > 0))
+        for iid in np.unique(s.label):
+            if iid == 0:
+                continue
+            m = s.label == iid
+            if m.sum() < self.min_area:
+                continue
+            img.masks.append(m)
+            img.points.append(sample_points_in(m, points_per_mask, rng))
+        return img
