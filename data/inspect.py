@@ -4,6 +4,8 @@
     python -m data.inspect PATH --json                # the same summary as JSON
     python -m data.inspect PATH --html report.html [--max-rows 40 | --rows 3,17,-1] [--thumb-width 160]
     python -m data.inspect PATH --show -1 [--out last.png]
+    python -m data.inspect PATH --rerun out.rrd [--range 100:200]   # a Rerun recording (the `viz` extra)
+    python -m data.inspect PATH --rerun [--range -50:]               # spawn / serve the viewer instead
 
 PATH is a run directory containing `interactions.zarr`, or the `.zarr` log itself. Anything else is
 an error (exit code 2, nothing written).
@@ -28,8 +30,22 @@ chosen hypothesis over the before image (or "none"), each with a caption. Thumbn
 `--thumb-width` px wide (default 160) with the 2 low bits per channel dropped (invisible; halves the
 PNGs of noisy camera images): ~70 kB per row, ~3 MB for 40 rows of 320x240 camera images.
 
+Learning (when the run directory, the folder holding the log, has the loop's `metrics.jsonl`): the
+summary gains `learning` (held-out AP50 / AP / overlap F / boundary F of every evaluation and the
+depth-clustering baseline, positive and object-hit rate per model version, the training rows, the
+code version of every session), the report its tables and three plots (held-out metrics per model
+version next to the baseline, positive / object-hit rate per model version, training loss) and
+`RUN/eval_preview.png`, the latest model's predictions on held-out scenes that the loop writes at
+each evaluation (the report runs no model). Rows after the snapshot's last record are left out.
+
 `--show I`: interaction I (negative counts from the end) as one PNG of the same four panels at full
 resolution, side by side: (H, 4 W) pixels, to `--out` (default `interaction_{I:06d}.png`).
+
+`--rerun OUT.rrd`: the committed records (or `--range A:B`, Python slice bounds, negative from the
+end) with their metrics.jsonl rows as a Rerun recording (`data/rerun_view.py`, which also drives the
+loop's live view). `--rerun` alone spawns the native viewer when there is a display, else serves the
+web viewer (`--web-port`, `--grpc-port`) and prints its address until Ctrl-C. Without rerun-sdk
+it says which extra installs it (exit code 2).
 
 Safe while the loop is appending: the log is opened read-only, the committed count is taken once at
 the start and every read stays below it (records appended meanwhile are not in the report), and
@@ -53,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from data.log import InteractionLog, LogFormatError
+from data.rerun_view import metrics_by_interaction, read_metrics
 from data.schema import Label
 
 LABEL_NAMES = tuple(m.name.lower() for m in Label)  # index = Label value
@@ -65,6 +82,9 @@ MASK_COLOUR = (0, 230, 60)
 HYPOTHESIS_COLOUR = (255, 40, 220)
 MARKER_COLOUR = (255, 30, 30)
 LABEL_CSS = {"positive": "#1a7f37", "negative": "#b42318", "invalid": "#6e7781"}
+EVAL_KEYS = ("AP50", "AP", "overlap_F", "boundary_F")  # held-out metrics shown per model version
+METRICS_NAME = "metrics.jsonl"  # the loop's metrics, next to the log in the run directory
+PREVIEW_NAME = "eval_preview.png"  # the loop's latest held-out predictions (learner/evaluate/preview.py)
 
 SCALAR_FIELDS = (
     "label",
@@ -297,7 +317,76 @@ def _summarize(log: InteractionLog, n: int | None, mask_sample: int) -> tuple[di
 
     size = _dir_bytes(log.path)
     s["disk"] = {"bytes": size, "human": human_bytes(size), "bytes_per_interaction": _rate(size, n)}
+    s["learning"] = learning_summary(read_metrics(metrics_path(log)), n, labels, f["model_version"],
+                                     f["chosen_hypothesis"])  # fmt: skip
     return s, areas
+
+
+def metrics_path(log: InteractionLog) -> Path:
+    """The loop's metrics.jsonl of a log: in the folder holding the log (the run directory)."""
+    return Path(log.path).parent / METRICS_NAME
+
+
+def _split_code_version(cv: str) -> tuple[str, bool]:
+    return cv.removesuffix("+dirty"), cv.endswith("+dirty")
+
+
+def code_version_text(cv: str | None) -> str:
+    """'<commit>' / '<commit> (uncommitted changes)' / '- (not recorded)'."""
+    if not cv:
+        return "- (not recorded)"
+    sha, dirty = _split_code_version(cv)
+    return sha + (" (uncommitted changes)" if dirty else "")
+
+
+def learning_summary(rows: list[dict[str, Any]], n: int, labels: np.ndarray, model_version: np.ndarray,
+                     chosen: np.ndarray) -> dict[str, Any] | None:
+    """What the run's metrics.jsonl says about learning, up to the first `n` records (None: no rows).
+
+    evaluations: every held-out evaluation (model version, interactions, EVAL_KEYS); baseline: the
+    depth-clustering row; by_model_version: records, positive rate (the log) and object-hit rate of all
+    and of model-proposed interactions (sim ground truth of the interaction rows); train: the training
+    rows (step, model_version, loss and its terms); sessions: each start of the loop with its code version.
+    """
+    if not rows:
+        return None
+    kept = [r for k, group in sorted(metrics_by_interaction(rows).items()) if k < n for r in group]
+    base = next((r for r in reversed(rows) if r.get("kind") == "baseline"), None)
+    inter = {int(r["index"]): r for r in kept if r.get("kind") == "interaction" and "index" in r}
+
+    def num(x: Any) -> float | None:
+        return float(x) if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) else None
+
+    evals = [{"model_version": r.get("model_version"), "interactions": r.get("interactions"),
+              **{k: num(r.get(k)) for k in EVAL_KEYS}} for r in kept if r.get("kind") == "eval"]  # fmt: skip
+    train = [{k: v for k, v in r.items() if k != "kind"} for r in kept if r.get("kind") == "train"]
+    by_version = []
+    labels = np.asarray(labels, dtype=np.int64)
+    for v in np.unique(np.asarray(model_version)):
+        idx = np.flatnonzero(np.asarray(model_version) == v)
+        proposed = [int(i) for i in idx if chosen[i] >= 0]
+        hits = [bool(inter[i]["hit_object_gt"]) for i in map(int, idx) if "hit_object_gt" in inter.get(i, {})]
+        hits_p = [bool(inter[i]["hit_object_gt"]) for i in proposed if "hit_object_gt" in inter.get(i, {})]
+        by_version.append({
+            "model_version": int(v),
+            "n": int(len(idx)),
+            "positive_rate": _rate(int((labels[idx] == int(Label.POSITIVE)).sum()), len(idx)),
+            "hit_known": len(hits),
+            "hit_rate_gt": float(np.mean(hits)) if hits else None,
+            "model_proposed": len(proposed),
+            "hit_rate_model_proposals_gt": float(np.mean(hits_p)) if hits_p else None,
+        })  # fmt: skip
+    sessions = [{"interactions": r.get("interactions"), "code_version": r.get("code_version", ""),
+                 "start": _iso(r["unix"]) if isinstance(r.get("unix"), int | float) else None}
+                for r in rows if r.get("kind") == "run_start"]  # fmt: skip
+    return {
+        "evaluations": evals,
+        "baseline": None if base is None else {"name": base.get("name", "baseline"),
+                                               **{k: num(base.get(k)) for k in EVAL_KEYS}},
+        "by_model_version": by_version,
+        "train": train,
+        "sessions": sessions,
+    }  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- text / tables
@@ -334,7 +423,8 @@ def sections(s: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
         ["records", f"{n} committed"],
         ["images", f"{s['width']} x {s['height']} px"],
         ["robot", kinds],
-        ["code version", s["code_version"] or "-"],
+        ["code version", code_version_text(s["code_version"])],
+        *_session_rows(s),
         [
             "time span (t_start)",
             "-" if t["start"] is None else f"{t['start']} .. {t['end']} ({t['span_hours']:.2f} h)",
@@ -386,6 +476,39 @@ def sections(s: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
          ["records", *RATE_HEADERS], over_time),
         ("Positive rate by model version", ["model", *RATE_HEADERS], models),
         (area_title, ["statistic", "pixels", "% of image"], areas),
+        *_learning_sections(s.get("learning")),
+    ]  # fmt: skip
+
+
+def _session_rows(s: dict[str, Any]) -> list[list[str]]:
+    """Overview rows for sessions of the loop that ran other code than the one that created the log."""
+    ls = s.get("learning") or {}
+    other = [x for x in ls.get("sessions", []) if x["code_version"] != s["code_version"]]
+    return [[f"code version from interaction {x['interactions']}", code_version_text(x["code_version"])]
+            for x in other]  # fmt: skip
+
+
+def _f3(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _learning_sections(ls: dict[str, Any] | None) -> list[tuple[str, list[str], list[list[str]]]]:
+    if not ls:
+        return []
+    evals = [[f"v{e['model_version']}", str(e["interactions"]), *(_f3(e[k]) for k in EVAL_KEYS)]
+             for e in ls["evaluations"]]  # fmt: skip
+    if ls["baseline"] is not None:
+        evals.append([ls["baseline"]["name"].replace("_", " ") + " (baseline)", "-",
+                      *(_f3(ls["baseline"][k]) for k in EVAL_KEYS)])  # fmt: skip
+    hits = [[f"v{b['model_version']}", str(b["n"]), _pct(b["positive_rate"]),
+             _pct(b["hit_rate_gt"]) + (f" of {b['hit_known']}" if b["hit_known"] else ""),
+             str(b["model_proposed"]), _pct(b["hit_rate_model_proposals_gt"])]
+            for b in ls["by_model_version"]]  # fmt: skip
+    return [
+        ("Held-out evaluation per model version (metrics.jsonl)",
+         ["model", "after interactions", "AP50", "AP", "overlap F", "boundary F"], evals),
+        ("Positive and object-hit rate per model version (hit: sim ground truth)",
+         ["model", "n", "positive rate", "object-hit rate", "model-proposed", "hit rate of proposals"], hits),
     ]  # fmt: skip
 
 
@@ -575,6 +698,83 @@ def _plots(log: InteractionLog, n: int, s: dict[str, Any], areas_px: np.ndarray)
     return out
 
 
+def _learning_plots(ls: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """Held-out metrics per model version next to the baseline; positive / object-hit rate per model
+    version; training loss over optimiser steps."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    fig, ax = plt.subplots(figsize=(9, 3.4), dpi=100)
+    evals, base = ls["evaluations"], ls["baseline"]
+    colours = dict(zip(EVAL_KEYS[:3], ("tab:blue", "tab:orange", "tab:green"), strict=True))
+    names = {"AP50": "AP50", "AP": "AP", "overlap_F": "overlap F"}
+    if evals:
+        x = np.arange(len(evals))
+        for k, c in colours.items():
+            y = [np.nan if e[k] is None else e[k] for e in evals]
+            ax.plot(x, y, "o-", color=c, lw=1.8, label=f"{names[k]} (model)")
+            if base is not None and base[k] is not None:
+                ax.axhline(base[k], color=c, ls="--", lw=1.2, label=f"{names[k]} ({base['name'].replace('_', ' ')})")
+        ax.set_xticks(x, [f"v{e['model_version']}\n{e['interactions']}" for e in evals])
+        ax.set_xlim(-0.5, len(evals) - 0.5)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no held-out evaluation yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("model version / after interactions")
+    ax.set_ylabel("held-out score")
+    ax.set_title("Held-out AP50, AP and overlap F per model version (dashed: depth-clustering baseline)")
+    ax.grid(alpha=0.3)
+    out.append(("Held-out AP50, AP and overlap F per model version", _fig_png(fig, plt, io)))
+
+    fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
+    bv = ls["by_model_version"]
+    if bv:
+        x = np.arange(len(bv))
+        series = (("positive_rate", "positive rate", "tab:green"), ("hit_rate_gt", "object-hit rate", "tab:blue"),
+                  ("hit_rate_model_proposals_gt", "object-hit rate, model proposals", "tab:purple"))
+        w = 0.8 / len(series)
+        for j, (k, name, c) in enumerate(series):
+            y = [np.nan if b[k] is None else 100 * b[k] for b in bv]
+            ax.bar(x + (j - 1) * w, y, w, color=c, label=name)
+        ax.set_xticks(x, [f"v{b['model_version']}\n{b['n']} int." for b in bv])
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("model version that chose the action / interactions")
+    ax.set_ylabel("rate [%]")
+    ax.set_title("Positive rate and object-hit rate per model version (hit: sim ground truth)")
+    ax.grid(alpha=0.3, axis="y")
+    out.append(("Positive rate and object-hit rate per model version", _fig_png(fig, plt, io)))
+
+    fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
+    tr = [r for r in ls["train"] if isinstance(r.get("loss"), int | float)]
+    if tr:
+        steps = [r.get("step", k) for k, r in enumerate(tr)]
+        ax.plot(steps, [r["loss"] for r in tr], "o-", ms=3, lw=1.8, color="k", label="loss")
+        terms = sorted({k for r in tr for k, v in r.items() if isinstance(v, int | float)}
+                       - {"loss", "step", "model_version", "lr", "elapsed_s"})  # fmt: skip
+        for k in terms:
+            ax.plot(steps, [r.get(k, np.nan) for r in tr], lw=0.9, alpha=0.8, label=k)
+        mv = [r.get("model_version") for r in tr]
+        for a in range(1, len(tr)):
+            if mv[a] != mv[a - 1]:
+                ax.axvline((steps[a - 1] + steps[a]) / 2, color="grey", ls=":", lw=0.8)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no training rows yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("optimiser step   (dotted: a new model version starts training)")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    out.append(("Training loss", _fig_png(fig, plt, io)))
+    return out
+
+
 def _fig_png(fig: Any, plt: Any, io: Any) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
@@ -658,6 +858,23 @@ def build_html(
     ]
     for title, png in _plots(log, n, s, areas):
         parts.append(f'<p><img class="plot" alt="{e(title)}" src="{data_uri(png)}"></p>')
+    ls = s.get("learning")
+    if ls:
+        parts.append("<h2>Learning</h2>")
+        parts.append(f'<p class="meta">from {e(str(metrics_path(log)))}: {len(ls["evaluations"])} held-out '
+                     f'evaluations, {len(ls["train"])} training rows</p>')  # fmt: skip
+        for title, png in _learning_plots(ls):
+            parts.append(f'<p><img class="plot" alt="{e(title)}" src="{data_uri(png)}"></p>')
+    preview = Path(log.path).parent / PREVIEW_NAME
+    if preview.is_file():
+        png = preview.read_bytes()
+        latest = ls["evaluations"][-1] if ls and ls["evaluations"] else None
+        what = "" if latest is None else f" (latest evaluation: model v{latest['model_version']} after " \
+            f"{latest['interactions']} interactions)"
+        parts.append("<h2>Latest model on held-out scenes</h2>")
+        parts.append(f'<p class="meta">{e(str(preview))}, written by the loop at its last evaluation{e(what)}: '
+                     "RGB | ground truth | predictions</p>")  # fmt: skip
+        parts.append(f'<p><img class="plot" alt="Latest model on held-out scenes" src="{data_uri(png)}"></p>')
 
     parts.append(f"<h2>Interactions ({len(rows)} of {n})</h2>")
     if rows:
@@ -721,6 +938,15 @@ def run(args: argparse.Namespace) -> int:
         raise InspectError(f"--mask-sample must be >= 0, got {args.mask_sample}")
     if args.out is not None and args.show is None:
         raise InspectError("--out is only used with --show")
+    if args.range is not None and args.rerun is None:
+        raise InspectError("--range is only used with --rerun")
+    if args.rerun is not None:
+        from data.rerun_view import RerunUnavailable, require_rerun
+
+        try:
+            require_rerun()  # before anything is written
+        except RerunUnavailable as e:
+            raise InspectError(f"--rerun: {e}") from None
 
     with open_log(args.path) as log:
         n = log.refresh()  # the snapshot: every read below stays under this count
@@ -741,7 +967,7 @@ def run(args: argparse.Namespace) -> int:
             _write_atomic(args.html, data)
             print(f"wrote {args.html} ({human_bytes(len(data))}, {n} records, {len(sheet)} interaction rows)",
                   file=sys.stderr)  # fmt: skip
-        if args.json or (args.html is None and args.show is None):
+        if args.json or (args.html is None and args.show is None and args.rerun is None):
             if s is None:
                 s = summarize(log, n, mask_sample=args.mask_sample)
             sys.stdout.write(to_json(s) + "\n" if args.json else format_text(s))
@@ -752,6 +978,69 @@ def run(args: argparse.Namespace) -> int:
             out = args.out if args.out is not None else Path(f"interaction_{show_index:06d}.png")
             _write_atomic(out, png_bytes(np.concatenate(panels(f), axis=1)))
             print(f"wrote {out}: {caption(show_index, f, log.height * log.width)}", file=sys.stderr)
+        if args.rerun is not None:
+            return rerun_export(log, n, args)
+    return 0
+
+
+def parse_range(text: str | None, n: int) -> range:
+    """`A:B` (Python slice bounds, negative from the end, either may be empty) -> record indices < n."""
+    if text is None:
+        return range(n)
+    a, sep, b = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        lo, hi = (int(x) if x.strip() else None for x in (a, b))
+    except ValueError:
+        raise InspectError(f"--range: expected A:B like 100:200, -50: or :10, got {text!r}") from None
+    r = range(n)[slice(lo, hi)]
+    if n and not len(r):
+        raise InspectError(f"--range {text} selects no record of the {n} committed records")
+    return r
+
+
+def rerun_export(log: InteractionLog, n: int, args: argparse.Namespace) -> int:
+    """`--rerun [OUT.rrd]`: the records of `--range` and their metrics rows as a Rerun recording."""
+    from data.rerun_view import (
+        RerunView,
+        has_display,
+        open_stream,
+        recording_id_for,
+        viewer_executable,
+        write_log,
+    )
+
+    indices = parse_range(args.range, n)
+    rows = read_metrics(metrics_path(log))
+    run_dir = Path(log.path).parent
+    target = args.rerun or ("spawn" if has_display() and viewer_executable() else "serve")
+    t0 = time.time()
+    try:
+        stream, where = open_stream(target, recording_id=recording_id_for(run_dir), name=run_dir.name,
+                                    grpc_port=args.grpc_port, web_port=args.web_port)  # fmt: skip
+    except Exception as e:  # a viewer that cannot start, a port in use: say how to get the data anyway
+        raise InspectError(f"--rerun: cannot open a viewer ({type(e).__name__}: {e}); write a file instead: "
+                           f"--rerun OUT.rrd, then open it with `.venv/bin/rerun OUT.rrd` (native) or "
+                           f"drop it on the web viewer") from None  # fmt: skip
+    view = RerunView(stream)
+    done = write_log(log, view, indices, rows)
+    print(f"{where}\nlogged {done} records ({indices.start}..{indices.stop - 1 if done else '-'}) and the "
+          f"metrics rows that follow them in {time.time() - t0:.1f} s", file=sys.stderr)  # fmt: skip
+    if target != "serve":
+        view.close()
+        if args.rerun:
+            print(f"wrote {args.rerun} ({human_bytes(Path(args.rerun).stat().st_size)})", file=sys.stderr)
+        return 0
+    view.flush()
+    print("serving until Ctrl-C", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopped serving", file=sys.stderr)
+    finally:
+        view.close()
     return 0
 
 
@@ -772,6 +1061,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--show", type=int, metavar="I", help="write interaction I (negative: from the end) as PNG"
     )
     ap.add_argument("--out", type=Path, help="PNG path for --show (default interaction_{I:06d}.png)")
+    ap.add_argument("--rerun", nargs="?", const="", metavar="OUT.rrd",
+                    help="write a Rerun recording (the `viz` extra); without OUT.rrd spawn the viewer (with a "
+                         "display) or serve the web viewer")  # fmt: skip
+    ap.add_argument("--range", metavar="A:B", help="records for --rerun (slice bounds, e.g. 100:200 or -50:)")
+    ap.add_argument("--grpc-port", type=int, default=9876, help="--rerun without a file: viewer gRPC port")
+    ap.add_argument("--web-port", type=int, default=9090, help="--rerun without a file: web viewer port")
     ap.add_argument("--mask-sample", type=int, default=DEFAULT_MASK_SAMPLE,
                     help="at most this many positive masks are read for the area statistics (0 = all)")  # fmt: skip
     return ap
@@ -779,10 +1074,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    for k in range(len(argv) - 1):  # let `--rows -1,3` through (argparse takes "-1,3" for an option)
-        if argv[k] == "--rows" and argv[k + 1][:1] == "-" and argv[k + 1][1:2].isdigit():
-            argv[k : k + 2] = [f"--rows={argv[k + 1]}"]
-            break
+    k = 0
+    while k < len(argv) - 1:  # let `--rows -1,3` / `--range -50:` through (argparse takes "-1,3" for an option)
+        if argv[k] in ("--rows", "--range") and argv[k + 1][:1] == "-" and argv[k + 1][1:2].isdigit():
+            argv[k : k + 2] = [f"{argv[k]}={argv[k + 1]}"]
+        k += 1
     args = build_parser().parse_args(argv)
     try:
         return run(args)

@@ -29,6 +29,10 @@ class SimRobotConfig:
     shadows: bool = False
     seed: int = 0
     interactions_per_scene: int = 20
+    # the twin: "narrow" (today's cell, the default), "wide" (randomised cells: camera, room, table,
+    # light, sensor artefacts, object families; sim/randomization.py) or "cross" (randomised cells with
+    # evaluation-only objects; split val/test). From run_loop: robot.domain=wide
+    domain: str = "narrow"
 
 
 class SimRobot(Robot):
@@ -59,6 +63,7 @@ class SimRobot(Robot):
             camera=CameraConfig(width=c.width, height=c.height, shadows=c.shadows),
             clutter=ClutterConfig(level=c.clutter),
             place=c.place,
+            domain=c.domain,
         )
         self.env = InteractiveTabletopEnv(env_cfg)
         self._needs_reset = True
@@ -122,7 +127,9 @@ class SimRobot(Robot):
         """((x_min, x_max), (y_min, y_max)) of the table top in the robot frame, metres."""
         from sim.scene import TableConfig
 
-        t = self.env.cfg.table if self.env is not None else TableConfig()
+        if self.env is not None:  # the current scene's table (randomised domains vary it)
+            return self.env.scene.table_bounds()
+        t = TableConfig()
         (cx, cy), (hx, hy) = t.center_xy, t.half_size_xy
         return ((cx - hx, cx + hx), (cy - hy, cy + hy))
 

@@ -34,9 +34,22 @@ import gymnasium as gym
 import numpy as np
 import pybullet as pb
 
-from sim.assets import ObjectSampling
+from sim.assets import SPLIT_RANGES, ObjectSampling, sample_cross_specs, sample_wide_specs
 from sim.camera import DepthNoise, Intrinsics, Lighting, d435_intrinsics, deproject, orbit_pose, render_rgbd
-from sim.panda import ArmConfig, PandaArm
+from sim.panda import PARK_POSES, ArmConfig, PandaArm
+from sim.randomization import (
+    DOMAINS,
+    DepthSensor,
+    DomainConfig,
+    RgbSensor,
+    box_in_frustum,
+    sample_camera,
+    sample_depth_sensor,
+    sample_intrinsics,
+    sample_lighting,
+    sample_rgb_sensor,
+    streams,
+)
 from sim.scene import ClutterConfig, TableConfig, TableScene
 
 PRIMITIVES = ("poke", "grasp")
@@ -82,6 +95,11 @@ class TabletopConfig:
     approach_clearance: float = 0.03  # kinematic approach ends this far above the observed local top, metres
     moved_threshold: float = 0.01  # metres (or 0.2 rad of rotation) to count an object as moved
     settle_max_s: float = 1.0
+    # "narrow": today's twin (the default); "wide": randomised cells (training material only);
+    # "cross": randomised cells with evaluation-only objects, split "val" or "test" (sim/assets.py)
+    domain: str = "narrow"
+    randomization: DomainConfig = field(default_factory=DomainConfig)  # ranges of wide / cross
+    far_plane: float = 10.0  # wide / cross render range, metres (the narrow twin renders to 3 m)
 
 
 class InteractiveTabletopEnv(gym.Env):
@@ -98,11 +116,24 @@ class InteractiveTabletopEnv(gym.Env):
         if self.cfg.place not in ("table", "bin"):
             raise ValueError(f"place must be 'table' or 'bin', got {self.cfg.place!r}")
         self.cfg.clutter.validate()
+        if self.cfg.domain not in DOMAINS:
+            raise ValueError(f"unknown domain {self.cfg.domain!r}; expected one of {DOMAINS}")
+        splits = ("val", "test") if self.cfg.domain == "cross" else tuple(SPLIT_RANGES)
+        if self.cfg.split not in splits:
+            raise ValueError(f"split must be one of {splits} in the {self.cfg.domain} domain, got {self.cfg.split!r}")
+        if self.cfg.domain == "cross" and not self.cfg.randomization.objects.enabled:
+            raise ValueError("the cross domain needs randomization.objects.enabled (its objects are the point)")
+        self.cfg.randomization.validate()
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"unsupported render_mode {render_mode!r}")
         self.render_mode = render_mode
         cam = self.cfg.camera
         self.base_intrinsics: Intrinsics = d435_intrinsics(cam.width, cam.height)
+        self.intrinsics: Intrinsics = self.base_intrinsics  # of the current scene (randomised domains vary it)
+        self._arm_removed = False  # randomised domains: the arm is moved out of the scene for renders
+        self._depth_sensor: DepthSensor | None = None
+        self._rgb_sensor: RgbSensor | None = None
+        self.scene_info: dict[str, Any] = {}  # randomised domains: what was drawn (camera, table, room)
         H, W = cam.height, cam.width
         self.observation_space = gym.spaces.Dict(
             {
@@ -142,12 +173,15 @@ class InteractiveTabletopEnv(gym.Env):
             enableConeFriction=int(self.cfg.cone_friction), physicsClientId=c,
         )
         self.scene.objects = []
-        self.scene.build_table(rng)
-        self.arm.load()
-        self.scene.spawn_objects(rng, self.cfg.split)
-        self._settle(max_s=2.0)
-        self.scene.remove_fallen()
-        self._randomise_view(rng)
+        if self.cfg.domain == "narrow":
+            self.scene.build_table(rng)
+            self.arm.load()
+            self.scene.spawn_objects(rng, self.cfg.split)
+            self._settle(max_s=2.0)
+            self.scene.remove_fallen()
+            self._randomise_view(rng)
+        else:
+            self._reset_randomised(rng)
         self._obs, self._label = self._capture()
         info = {"instance_label": self._label.copy(), "n_objects": len(self.scene.objects)}
         return self._copy_obs(), info
@@ -365,11 +399,117 @@ class InteractiveTabletopEnv(gym.Env):
         )
         self._noise_rng = np.random.default_rng(rng.integers(2**63))
 
+    # ------------------------------------------------------------------ randomised domains
+    def _reset_randomised(self, rng: np.random.Generator) -> None:
+        """A wide / cross scene: table, arm, camera, room, objects, light and sensors, each group
+        from its own stream (sim/randomization.py), so each knob is reproducible on its own."""
+        st = streams(rng, self.cfg.domain)
+        self._arm_removed = False
+        dom, cam = self.cfg.randomization, self.cfg.camera
+        scene = self.scene
+        scene.begin_scene()
+        scene.build_table_wide(st["table"], dom.table)
+        self.arm.load()
+        self.intrinsics = (sample_intrinsics(st["intrinsics"], dom.intrinsics, cam.width, cam.height)
+                           if dom.intrinsics.enabled else self.base_intrinsics)
+        self._camera_pose, park, cam_info = self._sample_camera(st["camera"])
+        self.arm.park_joints = park
+        self.arm.park()
+        scene.build_room_wide(st["room"], dom.room, self._camera_pose[:3, 3], pedestal=not self._arm_removed)
+        orng = st["objects"]
+        lo, hi = self.cfg.clutter.n_objects[self.cfg.clutter.level]
+        n = int(orng.integers(lo, hi + 1))
+        if dom.objects.enabled:
+            sampler = sample_cross_specs if self.cfg.domain == "cross" else sample_wide_specs
+            specs = sampler(orng, self.cfg.split, n, dom.objects)
+            n_extra = int(orng.integers(dom.objects.off_workspace[0], dom.objects.off_workspace[1] + 1))
+            extra = sampler(orng, self.cfg.split, n_extra, dom.objects) if n_extra else []
+            deferred = scene.spawn_objects_wide(orng, specs, extra, dom.objects)
+            if deferred:
+                self._settle(max_s=1.0)
+                scene.spawn_deferred(orng, deferred)
+        else:
+            scene.spawn_objects(orng, self.cfg.split)
+        self._settle(max_s=2.0)
+        scene.remove_fallen()
+        lrng = st["light"]
+        if dom.light.enabled:
+            self._lighting = sample_lighting(lrng, dom.light, cam.shadows)
+        else:
+            self._lighting = self._narrow_lighting(lrng)
+        self._depth_sensor = sample_depth_sensor(st["depth"], dom.depth, self.intrinsics) if dom.depth.enabled else None
+        self._rgb_sensor = sample_rgb_sensor(st["rgb"], dom.rgb, cam.width / 640.0) if dom.rgb.enabled else None
+        self._noise_rng = st["noise"]
+        room = scene.room
+        self.scene_info = {
+            "domain": self.cfg.domain, "camera": cam_info, "park_pose": list(park),
+            "intrinsics": [self.intrinsics.fx, self.intrinsics.fy, self.intrinsics.cx, self.intrinsics.cy],
+            "table": {"shape": scene.top.shape, "center_xy": list(scene.top.center_xy), "half_xy": list(scene.top.half_xy),
+                      "height": scene.top.height},
+            "furniture": list(room.furniture) if room else [], "n_room_bodies": len(room.bodies) if room else 0,
+            "objects": [o.spec.family or o.spec.kind for o in scene.objects],
+            "depth_model": self._depth_sensor.model if self._depth_sensor else "narrow",
+            "depth_band": self._depth_sensor.band_side if self._depth_sensor else "",
+        }
+
+    def _narrow_lighting(self, rng: np.random.Generator) -> Lighting:
+        theta, phi = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 1.2)
+        return Lighting(
+            direction=(np.cos(theta) * np.cos(phi), np.sin(theta) * np.cos(phi), np.sin(phi)),
+            color=tuple(rng.uniform(0.85, 1.0, 3)), ambient=float(rng.uniform(0.45, 0.7)),
+            diffuse=float(rng.uniform(0.3, 0.6)), specular=float(rng.uniform(0.0, 0.25)), shadow=self.cfg.camera.shadows,
+        )
+
+    def _arm_hidden(self, pose: np.ndarray, intr: Intrinsics) -> bool:
+        """True if no box around a link of the (parked) arm reaches into the view: a conservative test,
+        so the per-capture check in `_capture` cannot fail afterwards."""
+        return not any(box_in_frustum(lo - 0.01, hi + 0.01, pose, intr) for lo, hi in self.arm.link_aabbs())
+
+    def _sample_camera(self, rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, ...], dict]:
+        """An eye-to-hand camera pose with a parking pose of the arm that it does not see. Poses that
+        see the arm in every parking pose are redrawn (a real camera is not mounted looking through the
+        robot); after `max_tries` the narrow nominal pose is used."""
+        r, cam = self.cfg.randomization.camera, self.cfg.camera
+        if not r.enabled:
+            target = np.array(cam.target) + rng.uniform(-1, 1, 3) * np.array([cam.jitter_target, cam.jitter_target, 0])
+            pose = orbit_pose(target, cam.distance + rng.uniform(-1, 1) * cam.jitter_distance,
+                              cam.pitch_deg + rng.uniform(-1, 1) * cam.jitter_pitch_deg,
+                              cam.yaw_deg + rng.uniform(-1, 1) * cam.jitter_yaw_deg)
+            return pose, tuple(self.cfg.arm.park_joints), {"narrow": True}
+        ws = self.cfg.table.workspace_center_xy
+        self.arm.teleport(PARK_POSES[0], self.cfg.arm.finger_open)
+        keep_out = [(lo - r.arm_clearance, hi + r.arm_clearance) for lo, hi in self.arm.link_aabbs()]
+        for attempt in range(r.max_tries):
+            pose, info = sample_camera(rng, r, ws)
+            eye = pose[:3, 3]
+            if any(np.all(eye > lo) and np.all(eye < hi) for lo, hi in keep_out):
+                continue  # the camera would sit inside the robot
+            for park in PARK_POSES:
+                self.arm.teleport(park, self.cfg.arm.finger_open)
+                if self._arm_hidden(pose, self.intrinsics):
+                    return pose, park, {**info, "attempts": attempt + 1, "arm": "parked"}
+            if r.arm_out_of_view == "park_or_remove":
+                self._arm_removed = True
+                return pose, PARK_POSES[0], {**info, "attempts": attempt + 1, "arm": "removed"}
+        pose = orbit_pose(np.array(cam.target), cam.distance, cam.pitch_deg, cam.yaw_deg)
+        return pose, tuple(self.cfg.arm.park_joints), {"fallback": True, "arm": "parked"}
+
     def _capture(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Render the current world (arm parked) into a noisy observation and its GT instance labels."""
-        intr = self.base_intrinsics
+        intr = self.intrinsics
         t = time.perf_counter()
-        rgb, depth, seg = render_rgbd(self.client, intr, self._camera_pose, self._lighting)
+        if self.cfg.domain == "narrow":
+            rgb, depth, seg = render_rgbd(self.client, intr, self._camera_pose, self._lighting)
+        elif self._arm_removed:  # out of the scene for the render only (see CameraRanges.arm_out_of_view)
+            c = self.client
+            base = pb.getBasePositionAndOrientation(self.arm.body, physicsClientId=c)
+            pb.resetBasePositionAndOrientation(self.arm.body, [0.0, 0.0, -100.0], base[1], physicsClientId=c)
+            try:
+                rgb, depth, seg = render_rgbd(c, intr, self._camera_pose, self._lighting, far=self.cfg.far_plane)
+            finally:
+                pb.resetBasePositionAndOrientation(self.arm.body, base[0], base[1], physicsClientId=c)
+        else:
+            rgb, depth, seg = render_rgbd(self.client, intr, self._camera_pose, self._lighting, far=self.cfg.far_plane)
         self.timing["render_s"] += time.perf_counter() - t
         self.timing["renders"] += 1
         if (seg == self.arm.body).any():
@@ -380,9 +520,17 @@ class InteractiveTabletopEnv(gym.Env):
                 lut[body] = iid
         label = lut[seg]
         noise = self._noise_rng
-        if self.cfg.camera.rgb_noise_std > 0:
+        if self._depth_sensor is not None:  # randomised domains: a real sensor's artefacts
+            objs = self.scene.shiny_bodies - {self.scene.table_body}
+            shiny = np.isin(seg, list(objs)) if objs else np.zeros(seg.shape, bool)
+            glossy = seg == self.scene.table_body if self.scene.table_body in self.scene.shiny_bodies else None
+            depth = self._depth_sensor.apply(depth, rgb, shiny, noise, glossy)
+        if self._rgb_sensor is not None:
+            rgb = self._rgb_sensor.apply(rgb, seg < 0, noise)
+        elif self.cfg.camera.rgb_noise_std > 0:
             rgb = np.clip(rgb + noise.normal(0, self.cfg.camera.rgb_noise_std, rgb.shape), 0, 255).astype(np.uint8)
-        depth = self.cfg.camera.noise.apply(depth, noise)
+        if self._depth_sensor is None:
+            depth = self.cfg.camera.noise.apply(depth, noise)
         obs = {"rgb": rgb, "depth": depth, "K": intr.K.copy(), "camera_pose": self._camera_pose.copy()}
         self._obs_points = None
         return obs, label

@@ -26,6 +26,13 @@ TOOL_LINK = 11
 LOWER = [-2.9671, -1.8326, -2.9671, -3.1416, -2.9671, -0.0873, -2.9671]
 UPPER = [2.9671, 1.8326, 2.9671, 0.0, 2.9671, 3.8223, 2.9671]
 REST = [0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.785]
+# Parking poses of the randomised domains, tried in order until one is out of the camera's view: the
+# default (folded back toward -x) and the same folded to either side (joint 1 at +-90 degrees).
+PARK_POSES = (
+    (0.0, -1.75, 0.0, -3.0, 0.0, 1.4, 0.785),
+    (1.5708, -1.75, 0.0, -3.0, 0.0, 1.4, 0.785),
+    (-1.5708, -1.75, 0.0, -3.0, 0.0, 1.4, 0.785),
+)
 
 
 _LOWPOLY_URDF: str | None = None
@@ -73,6 +80,7 @@ class PandaArm:
         self.cfg = cfg
         self.dt = timestep
         self.body = -1
+        self.park_joints: tuple[float, ...] | None = None  # None: cfg.park_joints; the randomised domains pick one of PARK_POSES
 
     def load(self) -> None:
         self.body = pb.loadURDF(_lowpoly_panda_urdf(), [0, 0, 0], useFixedBase=True, physicsClientId=self.client)
@@ -102,7 +110,7 @@ class PandaArm:
 
     def park(self) -> None:
         """Kinematic move to the parking pose, out of the camera's view."""
-        self.teleport(self.cfg.park_joints, self.cfg.finger_open)
+        self.teleport(self.park_joints or self.cfg.park_joints, self.cfg.finger_open)
 
     def joints(self) -> list[float]:
         return [pb.getJointState(self.body, j, physicsClientId=self.client)[0] for j in ARM_JOINTS]
@@ -159,6 +167,12 @@ class PandaArm:
         self._hold(joints, width_each)
         for _ in range(n_steps):
             step()
+
+    def link_aabbs(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """World axis-aligned boxes of the base and every link (metres)."""
+        c = self.client
+        return [tuple(np.array(v) for v in pb.getAABB(self.body, j, physicsClientId=c))
+                for j in range(-1, pb.getNumJoints(self.body, physicsClientId=c))]
 
     def contacts_with(self, body: int) -> bool:
         return any(

@@ -1,9 +1,9 @@
 """Session policy for the test suite: with the environment variable CI set, a skipped test fails the run.
 
 CI (`.ci/run` exports CI=1) installs every extra and the system packages they need (scripts/setup.sh dev
-franka, as root), so a skip there means a test silently did not run: the franka / realsense tests without
-franky or pyrealsense2, the HTML report test without chromium, ... The run then exits with status 1 and
-the terminal summary lists every skipped test with its reason. Locally (CI unset, empty, "0", "false",
+franka viz, as root), so a skip there means a test silently did not run: the franka / realsense tests without
+franky or pyrealsense2, the HTML report test without chromium, the Rerun tests without rerun-sdk, ... The run
+then exits with status 1 and the terminal summary lists every skipped test with its reason. Locally (CI unset, empty, "0", "false",
 "no" or "off") skips stay skips. Expected failures (xfail) are not skips.
 """
 
@@ -57,7 +57,7 @@ class SkipsFailInCI:
         for nodeid, reason in self.skipped:
             tr.line(f"SKIPPED {nodeid} - {reason}", red=True)
         tr.line(f"{len(self.skipped)} test(s)/module(s) skipped while CI is set: CI must run every test. Install "
-                "what the reasons name (`bash scripts/setup.sh dev franka` as root installs the extras and the "
+                "what the reasons name (`bash scripts/setup.sh dev franka viz` as root installs the extras and the "
                 "system packages), or unset CI to allow skips.", red=True, bold=True)
 
 

@@ -149,7 +149,7 @@ class BoardOnHandCamera:
         import franky
 
         from robot.base import RGBDFrame
-        from robot.calibrate import render_board_view
+        from tests.board_views import render_board_view
 
         s = self.robot.state
         base_from_gripper = np.asarray(self.robot.model.pose(franky.Frame.EndEffector, s.q, s.F_T_EE, s.EE_T_K).matrix)

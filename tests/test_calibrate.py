@@ -13,13 +13,13 @@ from robot.calibrate import (
     available_methods,
     detect_board,
     main,
-    render_board_view,
     save_view,
     solve_eye_to_hand,
     write_views,
 )
 from robot.calibration import Calibration
 from robot.franka_robot import PROJECT_ROOT, FrankaConfig, FrankaRobot
+from tests.board_views import render_board_view
 
 W, H = 640, 480
 K = np.array([[616.0, 0.0, 318.5], [0.0, 616.0, 241.5], [0.0, 0.0, 1.0]])

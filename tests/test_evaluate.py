@@ -9,7 +9,8 @@ import pytest
 
 from data.log import InteractionLog
 from learner.evaluate.baselines import get_baseline
-from learner.evaluate.cli import load_model, main
+from learner.evaluate.cli import main
+from learner.model.checkpoint import load_model
 from learner.model.network import SegmenterConfig
 from learner.train.trainer import TrainConfig, Trainer
 from sim.export_scenes import export_scenes
@@ -34,6 +35,32 @@ def test_evaluate_checkpoint_writes_report(scenes, tmp_path):
     assert rep["n_scenes"] == 2
 
 
+def test_evaluate_an_onnx_export_gives_the_checkpoints_figures(scenes, tmp_path):
+    """The torch checkpoint and its ONNX export go through the one proposal pipeline: same report;
+    a proposal option given on the command line overrides the card's value."""
+    import torch
+
+    from learner.deploy.export import export
+
+    torch.manual_seed(0)
+    tr = Trainer(TrainConfig(), SegmenterConfig(stem_width=8, widths=(16, 16, 32), depths=(1, 1, 1), fpn_width=16))
+    with torch.no_grad():
+        tr.model.obj_head.bias.fill_(1.0)  # a random net that proposes something
+    ckpt = tr.save(tmp_path / "run" / "checkpoints" / "last.pt")
+    export(ckpt, tmp_path / "export", mc_dropout=False)
+    keys = ("AP", "AP50", "overlap_F", "boundary_F", "double_pick_rate", "n_pred")
+    reps = {}
+    for name, model in (("torch", ckpt), ("onnx", tmp_path / "export")):
+        assert main(["--model", str(model), "--scenes", str(scenes), "--out", str(tmp_path / name)]) == 0
+        reps[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert reps["torch"]["n_pred"] > 0
+    for k in keys:
+        assert reps["onnx"][k] == pytest.approx(reps["torch"][k], abs=1e-6), k
+    assert main(["--model", str(tmp_path / "export"), "--scenes", str(scenes), "--out", str(tmp_path / "few"),
+                 "--max-hypotheses", "1", "--no-double-pick"]) == 0
+    assert json.loads((tmp_path / "few.json").read_text())["n_pred"] <= 2
+
+
 def test_evaluate_refuses_bad_models(tmp_path, capsys, scenes):
     assert main(["--model", str(tmp_path / "missing.pt"), "--scenes", str(scenes)]) == 2
     bad = tmp_path / "bad.pt"
@@ -42,7 +69,7 @@ def test_evaluate_refuses_bad_models(tmp_path, capsys, scenes):
     assert "not a segmenter checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a share above 1 is refused before anything is loaded
         main(["--model", str(bad), "--scenes", str(scenes), "--contested", "2"])
-    assert "contested overlap" in capsys.readouterr().err
+    assert "contested_overlap must lie in (0, 1]" in capsys.readouterr().err
 
 
 def test_random_baseline_is_deterministic_and_sized(scenes):

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ from data.inspect import main, open_log, summarize
 from data.log import InteractionLog
 from data.schema import InteractionRecord, Label
 from tests.fs_helpers import tree_hash
+from tests.report_helpers import chromium_screenshot
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 36, 48
@@ -218,10 +218,6 @@ def test_errors_exit_2_and_write_nothing(run_dir, tmp_path, capsys):
 # ----------------------------------------------------------------------------- HTML report
 
 
-def _chromium() -> str | None:
-    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
-
-
 def test_html_report_is_self_contained_and_renders(run_dir, tmp_path):
     before = tree_hash(run_dir)
     report = tmp_path / "report.html"
@@ -246,24 +242,7 @@ def test_html_report_is_self_contained_and_renders(run_dir, tmp_path):
     assert main([str(run_dir), "--html", str(small), "--max-rows", "3"]) == 0
     assert re.findall(r"#(\d+) (?:poke|grasp) - ", small.read_text()) == ["0", "6", "11"]
 
-    chromium = _chromium()
-    if chromium is None:
-        pytest.skip(
-            "chromium not installed (Debian package chromium: `bash scripts/setup.sh dev` as root, or "
-            "`sudo apt-get install -y chromium`): HTML not rendered"
-        )
-    shot = tmp_path / "shot.png"
-    res = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--screenshot={shot}",
-         "--window-size=1200,2000", f"file://{report}"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )  # fmt: skip
-    assert shot.is_file(), f"no screenshot (exit {res.returncode}): {res.stderr[-2000:]}"
-    png = cv2.imread(str(shot))
-    assert png is not None and png.shape[:2] == (2000, 1200)
-    assert png.std() > 20, "screenshot looks blank"
+    png = chromium_screenshot(report, tmp_path / "shot.png", tmp_path)
     colourful = (png.max(axis=2).astype(int) - png.min(axis=2)) > 40  # the thumbnails, plots
     assert colourful.sum() > 20_000, f"only {colourful.sum()} coloured pixels: images not rendered?"
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from learner.model.network import PointSegmenter, SegmenterConfig, instance_embeddings
+from learner.proposals.frame import make_input
 from learner.train.losses import (
     associate,
     association_loss,
@@ -17,8 +19,6 @@ from learner.train.losses import (
     robust_set_loss,
     robust_set_target,
 )
-from learner.model.network import PointSegmenter, SegmenterConfig, instance_embeddings
-from learner.proposals.frame import make_input
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

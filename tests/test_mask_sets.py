@@ -1,4 +1,4 @@
-"""p-confidence masks, Union-NMS and sample diversity (learner.mask_sets) on small synthetic samples."""
+"""p-confidence masks, Union-NMS and sample diversity (learner.proposals.mask_sets) on small synthetic samples."""
 
 from __future__ import annotations
 

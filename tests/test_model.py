@@ -1,4 +1,5 @@
-"""Model, preprocessing and proposals on real tensors."""
+"""Model, input building and proposals on real tensors: the torch network (`learner.model.network`), the
+numpy input builder (`learner.proposals.frame`) and the proposal pipeline over the torch backend."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from learner.model.hypotheses import find_seeds, mask_iou_matrix, propose, propose_from_output
+from learner.model.backend import TorchBackend, torch_segmenter
+from learner.model.checkpoint import CheckpointError, load_model, resolve_checkpoint
 from learner.model.network import (
     PointSegmenter,
     SegmenterConfig,
@@ -17,14 +19,10 @@ from learner.model.network import (
     instance_embeddings,
     sample_at_points,
 )
-from learner.model.preprocess import (
-    IN_CHANNELS,
-    deproject,
-    make_input,
-    resize_rgbd,
-    scale_intrinsics,
-    scale_points,
-)
+from learner.proposals import pipeline
+from learner.proposals.frame import IN_CHANNELS, InputSpec, make_input, resize_rgbd, scale_intrinsics
+from learner.proposals.mask_sets import intersection_counts
+from learner.proposals.plane import height_above_plane
 
 
 def _frame(H=96, W=128, seed=0, batch=None):
@@ -37,6 +35,19 @@ def _frame(H=96, W=128, seed=0, batch=None):
     return rgb, depth, K
 
 
+def _x(rgb, depth, K) -> torch.Tensor:
+    """The network input of one frame, or of a batch of frames with one K (stacked)."""
+    if depth.ndim == 2:
+        return torch.from_numpy(make_input(rgb, depth, K))
+    return torch.from_numpy(np.concatenate([make_input(r, d, K) for r, d in zip(rgb, depth, strict=True)]))
+
+
+def _pixel_map(uv, sx: float, sy: float) -> np.ndarray:
+    """Pixel-centre convention: u' = (u + 0.5) sx - 0.5 (same for v)."""
+    uv = np.asarray(uv, np.float64)
+    return np.stack([(uv[..., 0] + 0.5) * sx - 0.5, (uv[..., 1] + 0.5) * sy - 0.5], -1)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
@@ -44,38 +55,43 @@ def model():
 
 
 # ----------------------------------------------------------------------------------------------
-# preprocessing
+# the network input (learner.proposals.frame)
 # ----------------------------------------------------------------------------------------------
 
 
 def test_make_input_channels_and_deprojection():
     rgb, depth, K = _frame()
-    x = make_input(rgb, depth, K, xyz_scale=0.25)
-    assert x.shape == (1, IN_CHANNELS, 96, 128) and x.dtype == torch.float32
-    valid = torch.from_numpy(depth > 0)
-    assert torch.equal(x[0, 6] > 0.5, valid)
+    x = make_input(rgb, depth, K, InputSpec())
+    assert x.shape == (1, IN_CHANNELS, 96, 128) and x.dtype == np.float32
+    valid = depth > 0
+    assert np.array_equal(x[0, 6] > 0.5, valid)
     assert (x[0, 3:6][:, ~valid] == 0).all()
-    # XYZ = deprojection minus the median of valid points, / 0.25
-    xyz = deproject(torch.from_numpy(depth)[None], K)[0]
+    # XYZ = deprojection minus the lower median of the valid points, / 0.25
+    vv, uu = np.mgrid[:96, :128]
+    xyz = np.stack([(uu - K[0, 2]) * depth / K[0, 0], (vv - K[1, 2]) * depth / K[1, 1], depth])
+    med = [np.sort(c[valid])[(int(valid.sum()) - 1) // 2] for c in xyz]
     v, u = 40, 70
-    Z = float(depth[v, u])
-    assert Z > 0
-    assert float(xyz[0, v, u]) == pytest.approx((u - K[0, 2]) * Z / K[0, 0], rel=1e-5)
-    assert float(xyz[1, v, u]) == pytest.approx((v - K[1, 2]) * Z / K[1, 1], rel=1e-5)
-    med = xyz[:, valid].median(dim=1).values  # torch.median is the lower median too
-    assert torch.allclose(x[0, 3:6, v, u], (xyz[:, v, u] - med) / 0.25, atol=1e-5)
+    assert depth[v, u] > 0
+    np.testing.assert_allclose(x[0, 3:6, v, u], (xyz[:, v, u] - med) / 0.25, atol=1e-5)
+    np.testing.assert_allclose(x[0, 3:6][:, valid], ((xyz - np.reshape(med, (3, 1, 1))) / 0.25)[:, valid], atol=1e-4)
     # RGB normalisation
     r = (rgb[v, u, 0] / 255.0 - 0.485) / 0.229
     assert float(x[0, 0, v, u]) == pytest.approx(r, abs=1e-5)
+    # channel 7: height above the fitted plane, clipped and scaled
+    h = height_above_plane(depth, K)
+    np.testing.assert_allclose(x[0, 7], np.clip(h, -0.1, 0.3) / 0.05, atol=1e-5)
+    # the InputSpec numbers are the ones used
+    spec = InputSpec(rgb_mean=(0.5, 0.5, 0.5), rgb_std=(0.5, 0.5, 0.5), xyz_scale_m=0.5, height_scale_m=0.1)
+    y = make_input(rgb, depth, K, spec)
+    np.testing.assert_allclose(y[0, 3:6], x[0, 3:6] / 2, atol=1e-6)
+    np.testing.assert_allclose(y[0, 7], x[0, 7] / 2, atol=1e-6)
+    assert float(y[0, 0, v, u]) == pytest.approx(rgb[v, u, 0] / 255.0 * 2 - 1, abs=1e-6)
 
 
-def test_make_input_batched_matches_single_and_no_depth():
-    rgb, depth, K = _frame(batch=2)
-    xb = make_input(torch.from_numpy(rgb), torch.from_numpy(depth), K)
-    for b in range(2):
-        assert torch.allclose(xb[b], make_input(rgb[b], depth[b], K)[0], atol=1e-6)
-    x0 = make_input(rgb[0], np.zeros_like(depth[0]), K)
-    assert (x0[0, 3:] == 0).all() and torch.isfinite(x0).all()
+def test_make_input_without_depth():
+    rgb, depth, K = _frame()
+    x0 = make_input(rgb, np.zeros_like(depth), K)
+    assert (x0[0, 3:] == 0).all() and np.isfinite(x0).all()
 
 
 def test_resize_keeps_intrinsics_consistent():
@@ -94,23 +110,23 @@ def test_resize_keeps_intrinsics_consistent():
         np.testing.assert_allclose(K2, scale_intrinsics(K, sx, sy))
         # pixel centre convention: the plane seen through K2 at a mapped pixel is the same 3D point
         u, v = 37.0, 51.0
-        u2, v2 = scale_points(np.array([u, v]), sx, sy)
+        u2, v2 = _pixel_map([u, v], sx, sy)
         ray1 = Kinv @ np.array([u, v, 1.0])
         ray2 = np.linalg.inv(K2) @ np.array([u2, v2, 1.0])
         np.testing.assert_allclose(ray1, ray2, atol=1e-12)
         # nearest-neighbour depth: every output value is an input value (no blending)
         assert np.isin(depth2, depth).all()
-        # the actual resampling follows the same convention: a blob's centroid lands at scale_points
+        # the actual resampling follows the same convention: a blob's centroid lands at the mapped pixel
         blob = np.exp(-((uu - 61.3) ** 2 + (vv - 40.7) ** 2) / (2 * 6.0**2))
-        img = np.repeat((255 * blob)[..., None], 3, -1).astype(np.uint8)
-        small = resize_rgbd(img.astype(np.float32), depth, K, size)[0][..., 0]
+        img = np.repeat(np.rint(255 * blob)[..., None], 3, -1).astype(np.uint8)
+        small = resize_rgbd(img, depth, K, size)[0][..., 0].astype(np.float64)
         yy2, xx2 = np.mgrid[: size[0], : size[1]]
         c2 = np.array([(small * xx2).sum(), (small * yy2).sum()]) / small.sum()
         c1 = np.array([(img[..., 0] * uu).sum(), (img[..., 0] * vv).sum()]) / img[..., 0].sum()
-        np.testing.assert_allclose(c2, scale_points(c1, sx, sy), atol=0.05)
-    # torch in -> torch out, batched
-    r, dd, k = resize_rgbd(torch.from_numpy(rgb)[None], torch.from_numpy(depth)[None], K, (48, 64))
-    assert isinstance(r, torch.Tensor) and r.shape == (1, 48, 64, 3) and dd.shape == (1, 48, 64)
+        np.testing.assert_allclose(c2, _pixel_map(c1, sx, sy), atol=0.05)
+    # the frame's own size: nothing changes
+    r, d, k = resize_rgbd(rgb, depth, K, (H, W))
+    assert r is rgb and d is depth and np.array_equal(k, K)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,7 +137,7 @@ def test_resize_keeps_intrinsics_consistent():
 def test_forward_shapes_and_param_count(model):
     n = model.num_parameters()
     assert 3e5 < n < 3e6
-    x = make_input(*_frame(240, 320))
+    x = _x(*_frame(240, 320))
     with torch.no_grad():
         out = model(x)
     cfg = model.config
@@ -135,8 +151,7 @@ def test_forward_shapes_and_param_count(model):
 
 
 def test_decode_many_points_shapes_and_batch_consistency(model):
-    rgb, depth, K = _frame(batch=3)
-    x = make_input(rgb, depth, K)
+    x = _x(*_frame(batch=3))
     with torch.no_grad():
         out = model(x)
         P = 50
@@ -174,7 +189,7 @@ def test_sample_at_points_matches_grid_sample():
 def test_gradients_reach_all_heads():
     torch.manual_seed(0)
     m = PointSegmenter(SegmenterConfig(norm="gn"))
-    x = make_input(*_frame(64, 64))
+    x = _x(*_frame(64, 64))
     out = m(x)
     lg = m.decode(out, torch.zeros(2, dtype=torch.long), torch.tensor([[10.0, 20.0], [40.0, 30.0]]))
     (lg.mean() + out["objectness"].mean()).backward()
@@ -184,7 +199,7 @@ def test_gradients_reach_all_heads():
 
 
 def test_instance_embeddings_unit_norm_both_resolutions(model):
-    x = make_input(*_frame(batch=2))
+    x = _x(*_frame(batch=2))
     with torch.no_grad():
         out = model(x)
     masks = torch.zeros(3, 96, 128, dtype=torch.bool)
@@ -204,7 +219,7 @@ def test_checkpoint_round_trip(model, tmp_path):
     m2 = build_model(SegmenterConfig.from_dict(model.config.to_dict()))
     m2.load_state_dict(torch.load(path, weights_only=True))
     m2.eval()
-    x = make_input(*_frame())
+    x = _x(*_frame())
     pts = torch.tensor([[10.0, 10.0], [60.0, 50.0]])
     bi = torch.zeros(2, dtype=torch.long)
     with torch.no_grad():
@@ -220,59 +235,85 @@ def test_checkpoint_round_trip(model, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# proposals
+# proposals: the one pipeline over the torch backend
 # ----------------------------------------------------------------------------------------------
 
 
 def test_find_seeds_are_local_maxima_above_threshold():
-    lg = torch.full((1, 1, 10, 10), -5.0)
-    lg[0, 0, 2, 3] = 3.0
-    lg[0, 0, 7, 7] = 1.0
-    lg[0, 0, 7, 8] = 0.5  # neighbour of a stronger cell: not a maximum
-    lg[0, 0, 0, 9] = -1.0  # below threshold
-    b, pts, s = find_seeds(lg, threshold=0.5, max_seeds=10, image_size=(40, 40))
-    assert b.tolist() == [0, 0]
+    lg = np.full((10, 10), -5.0, np.float32)
+    lg[2, 3] = 3.0
+    lg[7, 7] = 1.0
+    lg[7, 8] = 0.5  # neighbour of a stronger cell: not a maximum
+    lg[0, 9] = -1.0  # below threshold
+    pts, s = pipeline.find_seeds(lg, threshold=0.5, max_seeds=10, image_size=(40, 40))
     # cell (row 2, col 3) centre in input pixels: (3 + 0.5) * 4 - 0.5
     assert pts.tolist() == [[13.5, 9.5], [29.5, 29.5]]
-    assert s[0] > s[1]
+    assert s[0] > s[1] and s.dtype == np.float32
+    assert pipeline.find_seeds(lg, 0.5, 1, (40, 40))[0].tolist() == [[13.5, 9.5]]  # strongest first
+    assert pipeline.find_seeds(lg, 0.99, 10, (40, 40))[0].shape == (0, 2)
+
+
+def test_pipeline_decoding_is_the_network_decode(model):
+    """The numpy dynamic head (`pipeline.decode_lowres`, `pipeline.sample_at_points`) on the torch
+    backend's heads equals the network's own decode (training uses that one)."""
+    backend = TorchBackend(model)
+    assert backend.head == pipeline.HeadSpec(model.config.embed_dim, model.config.dyn_hidden, model.config.coord_scale)
+    assert backend.head.num_kernel_params == model.config.num_kernel_params
+    x = _x(*_frame(96, 128, seed=2))
+    heads = backend.run(x.numpy())
+    g = np.random.default_rng(0)
+    pts = (g.random((9, 2)) * [127.0, 95.0]).astype(np.float32)
+    got = pipeline.decode_lowres(heads["features"][0], heads["kernels"][0], pts, (96, 128),
+                                 backend.head.dyn_hidden, backend.head.coord_scale)
+    with torch.no_grad():
+        out = model(x)
+        b = torch.zeros(9, dtype=torch.long)
+        ref = model.decode(out, b, torch.from_numpy(pts), upsample=False).numpy()
+        ref_k = sample_at_points(out["kernels"], b, torch.from_numpy(pts), (96, 128)).numpy()
+    assert got.shape == ref.shape == (9, 24, 32)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(pipeline.sample_at_points(heads["kernels"][0], pts, (96, 128)), ref_k, atol=1e-5)
+    assert pipeline.decode_lowres(heads["features"][0], heads["kernels"][0], pts[:0], (96, 128), 8, 64.0).shape == (
+        0, 24, 32)
 
 
 def test_propose_resolution_sorting_and_nms(model):
     rgb, depth, K = _frame(96, 128, seed=3)
+    seg = torch_segmenter(model)
     # untrained model: objectness ~0.1 everywhere, so use a low seed threshold to get proposals; the
     # frame's depth is per-pixel noise of 20 cm, which the depth-edge cut would shatter: off here
-    masks, scores = propose(model, rgb, depth, K, max_hypotheses=10, objectness_threshold=0.05, nms_iou=0.5,
-                            depth_edge_m=None)
+    inst = seg.predict(rgb, depth, K, max_hypotheses=10, objectness_threshold=0.05, nms_iou=0.5, depth_edge_m=None)
+    masks, scores = inst.masks, inst.scores
     assert isinstance(masks, np.ndarray) and masks.dtype == bool
     assert masks.shape[1:] == (96, 128) and masks.shape[0] == scores.shape[0] <= 10
     assert masks.shape[0] >= 1
     assert np.all(np.diff(scores) <= 0)
     assert np.all((scores >= 0) & (scores <= 1))
-    iou = mask_iou_matrix(torch.from_numpy(masks)).numpy()
+    inter = intersection_counts(masks).astype(np.float64)
+    area = np.diag(inter)
+    iou = inter / (area[:, None] + area[None, :] - inter)
     np.fill_diagonal(iou, 0)
     assert iou.max(initial=0) <= 0.5
     # network at another resolution: masks and points still in frame pixels
-    m2, s2, p2 = propose(
-        model,
-        torch.from_numpy(rgb),
-        torch.from_numpy(depth),
-        K,
-        objectness_threshold=0.05,
-        net_size=(48, 64),
-        return_points=True,
-    )
-    assert isinstance(m2, torch.Tensor) and m2.shape[1:] == (96, 128) and p2.shape == (m2.shape[0], 2)
+    small = torch_segmenter(model, net_size=(48, 64))
+    i2 = small.predict(rgb, depth, K, objectness_threshold=0.05, depth_edge_m=None)
+    assert i2.masks.shape[1:] == (96, 128) and i2.points.shape == (len(i2), 2) and len(i2) > 0
+    assert (i2.points >= -0.5).all() and (i2.points[:, 0] <= 127.5).all() and (i2.points[:, 1] <= 95.5).all()
     # nothing above threshold -> empty, correctly shaped
-    m3, s3 = propose(model, rgb, depth, K, objectness_threshold=0.99)
-    assert m3.shape == (0, 96, 128) and s3.shape == (0,)
+    i3 = seg.predict(rgb, depth, K, objectness_threshold=0.99)
+    assert i3.masks.shape == (0, 96, 128) and i3.scores.shape == (0,) and i3.points.shape == (0, 2)
 
 
-def test_propose_from_output_batched(model):
-    x = make_input(*_frame(batch=2))
+def test_load_model_from_a_run_directory(model, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "model_config": model.config.to_dict(), "step": 3},
+               run / "checkpoints" / "last.pt")
+    assert resolve_checkpoint(run) == (run / "checkpoints" / "last.pt", "trainer_checkpoint")
+    loaded, ckpt = load_model(run)
+    assert ckpt["step"] == 3 and not loaded.training
+    x = _x(*_frame())
     with torch.no_grad():
-        out = model(x)
-    hyps = propose_from_output(model, out, (96, 128), max_hypotheses=5, objectness_threshold=0.05)
-    assert len(hyps) == 2
-    for h in hyps:
-        assert h.masks.shape[1:] == (96, 128) and h.masks.shape[0] <= 5
-        assert torch.all(h.scores[:-1] >= h.scores[1:])
+        assert all(torch.equal(a, b) for a, b in zip(model(x).values(), loaded(x).values(), strict=True))
+    with pytest.raises(CheckpointError, match="no model in"):
+        load_model(tmp_path)

@@ -1,11 +1,11 @@
-"""The pose-free table-plane height (learner/table_plane.py) against the sim camera's true geometry."""
+"""The pose-free table-plane height (learner/proposals/plane.py) against the sim camera's true geometry."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from data.geometry import height_above_table
-from learner.model.preprocess import HEIGHT_SCALE_M, make_input
+from learner.proposals.frame import InputSpec, make_input
 from learner.proposals.plane import height_above_plane
 from sim.env import InteractiveTabletopEnv, TabletopConfig
 
@@ -25,8 +25,11 @@ def test_height_above_plane_matches_the_true_table_height():
     assert np.median(np.abs(h[objects] - true[objects])) < 0.004
     assert np.all(h[~valid] == 0)
     # the network's 8th input channel is this height, scaled
-    x = make_input(obs["rgb"], obs["depth"], obs["K"]).numpy()[0, 7]
-    assert np.allclose(x[objects], np.clip(h[objects], -0.1, 0.3) / HEIGHT_SCALE_M, atol=1e-5)
+    spec = InputSpec()
+    x = make_input(obs["rgb"], obs["depth"], obs["K"], spec)[0, 7]
+    clipped = np.clip(h[objects], spec.height_min_m, spec.height_max_m)
+    assert np.allclose(x[objects], clipped / spec.height_scale_m, atol=1e-5)
+    assert np.all(x[~valid] == 0)
 
 
 def test_no_depth_gives_zero_height():

@@ -292,7 +292,7 @@ def sim_grasps(
 def onnx_latency(ckpt: Path, scenes_dir: Path, out_dir: Path, samples: int, p: float, n: int = 10,
                  proposals: ProposalConfig | None = None) -> dict[str, Any]:
     """Export the checkpoint and time the torch-free runtime per mode (1 thread, load excluded)."""
-    from learner.deploy.cli import export
+    from learner.deploy.export import export
     from learner.deploy.runtime import Segmenter
 
     export(ckpt, out_dir, proposals=proposals or ProposalConfig())

@@ -73,9 +73,9 @@ def collect(log_path: Path, n: int, seed: int, clutter: str = "cluttered", per_s
                                         table_bounds=robot.table_bounds))
 
 
-def variant_config(name: str, steps: int, seed: int, threads: int = 2) -> TrainConfig:
+def variant_config(name: str, threads: int = 2) -> TrainConfig:
     """TrainConfig of a variant: `ours` and `oracle` are the defaults, the others change one thing."""
-    cfg = TrainConfig(steps=steps, seed=seed, num_threads=threads)
+    cfg = TrainConfig(num_threads=threads)
     if name == "robust_loss":
         cfg.loss = "robust"
     elif name == "no_robust":
@@ -111,7 +111,7 @@ def run(out: Path, ns: list[int], steps: int, n_test: int, variants: list[str], 
     for n in ns:
         for name in variants:
             t0 = time.perf_counter()
-            trainer = Trainer(variant_config(name, steps, seed, threads), model_cfg, oracle=name == "oracle")
+            trainer = Trainer(variant_config(name, threads), model_cfg, oracle=name == "oracle", seed=seed)
             if name == "oracle":
                 train_dir = out / f"oracle_train_{n}"
                 if not (train_dir / "instances_coco.json").exists():
@@ -119,7 +119,7 @@ def run(out: Path, ns: list[int], steps: int, n_test: int, variants: list[str], 
                 source = SceneSource(train_dir)
             else:
                 source = log_source(log_path, trainer.cfg, limit=n)
-            trainer.train(source, progress=True)
+            trainer.train(source, steps, progress=True)
             trainer.save(out / "models" / f"{name}_{n}.pt")  # for later benchmarks (learner.evaluate, bench_confidence)
             row = {"variant": name, "interactions": n, "train_s": time.perf_counter() - t0,
                    **evaluate_model(trainer.model, test_dir)}

@@ -89,6 +89,13 @@ def validate(cfg: Any) -> None:
     _check(loop.eval_interval >= 0, "loop.eval_interval", f"must be >= 0, got {loop.eval_interval}")
     _check(loop.eval_scenes >= 0, "loop.eval_scenes", f"must be >= 0, got {loop.eval_scenes}")
     _check(loop.eval_split in ("train", "val", "test"), "loop.eval_split", f"must be train/val/test, got {loop.eval_split!r}")
+    _check(loop.viz in ("none", "rerun"), "loop.viz", f"must be none or rerun, got {loop.viz!r}")
+    if loop.viz == "rerun":  # fail at start, not after the first interaction
+        from data.rerun_view import check_live_target, require_rerun
+
+        require_rerun()  # ImportError naming the `viz` extra
+        problem = check_live_target(loop.viz_path)
+        _check(problem is None, "loop.viz_path", str(problem))
     _check(cfg.robot.kind in ("sim", "franka"), "robot.kind", f"must be 'sim' or 'franka', got {cfg.robot.kind!r}")
     if cfg.robot.kind == "sim":
         _check(cfg.robot.clutter in ("sparse", "cluttered", "piled"), "robot.clutter",

@@ -34,6 +34,7 @@ from data.frame_diff import FrameDiffConfig
 from data.log import InteractionLog
 from data.schema import Label
 from learner.loop.agent import Agent, AgentConfig
+from learner.loop.provenance import code_version
 from learner.loop.record import build_record
 from learner.model.backend import torch_segmenter
 from learner.model.network import SegmenterConfig
@@ -57,6 +58,11 @@ class LoopSettings:
     progress: bool = True
     # the proposals evaluated on the held-out scenes (the agent acts on AgentConfig.proposals)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    # live view (data/rerun_view.py, the `viz` extra): none | rerun. viz_path: "" = RUN/rerun.rrd (a resumed
+    # run writes rerun.1.rrd, ...), another .rrd path, "spawn" (native viewer), "serve" (web viewer on
+    # port 9090, gRPC 9876) or the rerun+http:// URL of a running viewer
+    viz: str = "none"
+    viz_path: str = ""
 
 
 @dataclass
@@ -92,7 +98,7 @@ class InteractiveLoop:
         self.model_path = self.run_dir / "model" / "segmenter.pt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.state_path = self.run_dir / "loop_state.json"
-        self.trainer = Trainer(train_cfg, model_cfg)
+        self.trainer = Trainer(train_cfg, model_cfg, seed=loop.seed)
         self.agent = Agent(agent_cfg, np.random.default_rng(loop.seed))
         self.state = LoopState()
         self._stop = False
@@ -169,9 +175,23 @@ class InteractiveLoop:
             self.state.baseline = {k: v for k, v in b.items() if isinstance(v, float)}
             self._metric({"kind": "baseline", "name": "depth_clustering", **self.state.baseline})
         seg = torch_segmenter(self.trainer.model, self.loop.proposals)
-        r = evaluate_segmenter(seg.predict, d, double_pick=False, per_scene=False)
+        from data.scene_io import list_scenes
+        from learner.evaluate.preview import PREVIEW_NAME, PREVIEW_SCENES, write_preview
+
+        ids, shown = list_scenes(d)[:PREVIEW_SCENES], []
+
+        def predict(rgb, depth, K):  # the first scenes' predictions also go into RUN/eval_preview.png
+            out = seg.predict(rgb, depth, K)
+            if len(shown) < len(ids):
+                shown.append((ids[len(shown)], out))
+            return out
+
+        r = evaluate_segmenter(predict, d, double_pick=False, per_scene=False)
         res = {k: v for k, v in r.items() if isinstance(v, float)}
         self.state.last_eval = {"interactions": self.state.interactions, "model_version": self.trainer.model_version, **res}
+        write_preview(self.run_dir / PREVIEW_NAME, d, shown,
+                      f"model v{self.trainer.model_version} after {self.state.interactions} interactions, held-out "
+                      f"{self.loop.eval_split} scenes: AP50 {res.get('AP50', float('nan')):.3f}")
         self._metric({"kind": "eval", **self.state.last_eval})
         return res
 
@@ -192,11 +212,15 @@ class InteractiveLoop:
                            robot_kind=getattr(self.robot, "kind", "unknown"), table_bounds=self.robot.table_bounds,
                            frame_diff=self.frame_diff, t_start=t0)
         index = log.append(rec)
+        viz = getattr(self, "_viz", None)
+        viz_seconds = viz.record(index, rec) if viz is not None else None
         if rec.label != Label.INVALID:
             self.agent.update(action.primitive, rec.label == Label.POSITIVE)
         row = {"kind": "interaction", "index": index, "primitive": action.primitive.value, "label": rec.label.name.lower(),
                "reason": rec.label_reason, "chosen_hypothesis": chosen, "n_hypotheses": int(len(masks)),
                "model_version": self.trainer.model_version, "seconds": time.time() - t0}
+        if viz_seconds is not None:  # the live view's share of `seconds` (data/rerun_view.py)
+            row["viz_seconds"] = viz_seconds
         gt = outcome.info.get("ground_truth") if outcome.info else None
         if gt is not None:  # sim only: did the chosen pixel land on an object? (evaluation, never training)
             u, v = (int(round(x)) for x in action.pixel)
@@ -233,9 +257,18 @@ class InteractiveLoop:
     def run(self) -> dict[str, Any]:
         lp = self.loop
         snapshot = {"config": self.config_snapshot}
-        with InteractionLog.open_or_create(self.log_path, *self._image_size(), config_snapshot=snapshot) as log:
+        version = code_version()  # git commit (+dirty) of the running code: the log keeps its creator's
+        with InteractionLog.open_or_create(self.log_path, *self._image_size(), config_snapshot=snapshot,
+                                           code_version=version) as log:
             self._load(log)
             start_n = self.state.interactions
+            self._metric({"kind": "run_start", "interactions": start_n, "code_version": version, "unix": time.time()})
+            self._viz = None
+            if lp.viz == "rerun":
+                from data.rerun_view import LiveRerun
+
+                self._viz = LiveRerun.for_run(lp.viz_path, self.run_dir, self.metrics_path)
+                tqdm.write(f"live view: {self._viz.where}")
             old = signal.signal(signal.SIGINT, self._on_sigint)
             t_start = time.time()
             bar = tqdm(total=lp.interactions, initial=min(start_n, lp.interactions), desc="interactions",
@@ -255,6 +288,8 @@ class InteractiveLoop:
                             self.retrain()
                         if lp.eval_interval and n % lp.eval_interval == 0:
                             self.evaluate()
+                        if self._viz is not None:
+                            self._viz.poll()  # the metrics rows written since (interaction, training, evaluation)
                         self._save_state()
                         bar.update(1)
                         bar.set_postfix(self._postfix())
@@ -266,12 +301,14 @@ class InteractiveLoop:
             finally:
                 bar.close()
                 signal.signal(signal.SIGINT, old)
+                if self._viz is not None:
+                    self._viz.close()
                 self.state.elapsed_s += time.time() - t_start
                 self._save_state()
         return self.summary(start_n)
 
     def retrain(self) -> None:
-        source = log_source(self.log_path, self.trainer.cfg, seed=self.loop.seed + self.trainer.step)
+        source = log_source(self.log_path, self.trainer.cfg)
         if not source.positives and not source.negatives:
             return
         stats = self.trainer.train(source, steps=self.loop.train_steps, metrics_path=self.metrics_path, progress=False)

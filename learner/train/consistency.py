@@ -504,6 +504,7 @@ def teacher_targets(
     queries: int,
     views: WeakStrongConfig | None = None,
     seed_threshold: float = 0.1,
+    info: dict[str, float] | None = None,
 ) -> TeacherTargets | None:
     """Teacher pseudo-masks for unlabelled frames [(rgb uint8 (H,W,3), depth (H,W) m, K (3,3))].
 
@@ -512,8 +513,11 @@ def teacher_targets(
     first) are decoded; each mask's score is its mean probability over the pixels above 0.5 (0 for an
     empty mask); `cascade.select(scores, step)` keeps, per frame, the seeds above the threshold gamma_t and
     then the top (1 - p_t) of those (at least one). Kept seeds that fall outside the strong view are
-    dropped. Returns None when nothing is kept.
+    dropped. Returns None when nothing is kept. `info` (if given) receives the number of teacher seeds
+    ("seeds"), of masks kept ("kept") and the best mask score ("best_score").
     """
+    info = {} if info is None else info
+    info.update(seeds=0.0, kept=0.0, best_score=0.0)
     rgb = np.stack([f[0] for f in frames])
     depth = np.stack([f[1] for f in frames]).astype(np.float32)
     K = np.stack([np.asarray(f[2], np.float64) for f in frames])
@@ -529,6 +533,7 @@ def teacher_targets(
     h, w = out["objectness"].shape[-2:]
     seeds = [find_seeds(out["objectness"][b, 0].numpy(), seed_threshold, queries, (H, W))[0] for b in range(B)]
     bidx = torch.tensor([b for b in range(B) for _ in range(len(seeds[b]))], dtype=torch.long)
+    info["seeds"] = float(len(bidx))
     if len(bidx) == 0:
         return None
     pts = torch.from_numpy(np.concatenate(seeds)).float()
@@ -545,6 +550,7 @@ def teacher_targets(
     ps = (M @ torch.cat([pts.double(), torch.ones(len(pts), 1, dtype=torch.float64)], 1)[:, :, None])[:, :2, 0]
     inside = (ps[:, 0] >= 0) & (ps[:, 0] <= W - 1) & (ps[:, 1] >= 0) & (ps[:, 1] <= H - 1)
     keep = keep & inside
+    info["kept"], info["best_score"] = float(keep.sum()), float(score.max())
     if not bool(keep.any()):
         return None
     S = _to_map(H, W, h, w)

@@ -34,6 +34,8 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,21 @@ class TrainConfig:
             raise ValueError(f"consistency_weight must be finite and >= 0, got {self.consistency_weight}")
         if self.consistency_images < 1 or self.consistency_queries < 1:
             raise ValueError("consistency_images and consistency_queries must be >= 1")
+
+
+@contextmanager
+def frozen_batchnorm_stats(model: torch.nn.Module) -> Iterator[None]:
+    """Forward passes inside keep every BatchNorm's running mean/variance unchanged (momentum 0); in
+    train mode they still normalise with the batch's own statistics."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved, strict=True):
+            m.momentum = mom
 
 
 def _flip(img: TrainImage) -> TrainImage:
@@ -261,27 +278,25 @@ class Trainer:
         x[:, :3] = x[:, :3] * gain + bias
         return x
 
-    def consistency_targets(self, source: LogSource | SceneSource, t: int, cascade: CascadeFilter) -> TeacherTargets | None:
+    def consistency_targets(self, source: LogSource | SceneSource, t: int, cascade: CascadeFilter,
+                            info: dict[str, float] | None = None) -> TeacherTargets | None:
         """Teacher targets on `consistency_images` random logged frames (None when consistency is off, for
-        the oracle's scenes, or when the teacher keeps nothing). Draws from the trainer's RNG only when on."""
+        the oracle's scenes, or when the teacher keeps nothing). Draws from the trainer's RNG only when on.
+        `info` receives the teacher's seed and kept-mask counts (see `teacher_targets`)."""
         cfg = self.cfg
         if cfg.consistency_weight <= 0 or not isinstance(source, LogSource) or len(source) == 0:
             return None
         idx = self.rng.integers(len(source), size=cfg.consistency_images)
         frames = [(source.rgb[i], source.depth[i], source.K[i]) for i in idx]
-        return teacher_targets(self.model, frames, self.rng, cascade, t, cfg.consistency_queries)
+        return teacher_targets(self.model, frames, self.rng, cascade, t, cfg.consistency_queries, info=info)
 
     # ---------------------------------------------------------------- one step
     def loss_on(self, images: list[TrainImage], targets: TeacherTargets | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss of one batch (and, with `targets`, the consistency term on their strong views)."""
         cfg = self.cfg
         H, W = images[0].rgb.shape[:2]
-        B = len(images)
-        x = self._jitter(torch.from_numpy(np.concatenate([make_input(im.rgb, im.depth, im.K) for im in images])))
-        if targets is not None:  # strong views share the forward pass (and its BatchNorm statistics)
-            x = torch.cat([x, targets.strong_input])
-        full = self.model(x)
-        out = {k: (v[:B] if k != "latent_weight" else v) for k, v in full.items()}
+        x = torch.from_numpy(np.concatenate([make_input(im.rgb, im.depth, im.K) for im in images]))
+        out = self.model(self._jitter(x))
         terms: dict[str, torch.Tensor] = {}
         stats: dict[str, float] = {}  # logged, not part of the loss
 
@@ -344,10 +359,13 @@ class Trainer:
                 terms["association"] = cfg.association_weight * torch.stack(assoc).mean()
 
         if targets is not None:
-            student = self.model.decode(full, targets.batch_index + B, targets.points, upsample=False, image_size=(H, W))
+            # the strong views are normalised with their own batch statistics but do not move BatchNorm's
+            # running statistics: those serve inference (and the teacher) on clean frames
+            with frozen_batchnorm_stats(self.model):
+                strong = self.model(targets.strong_input)
+            student = self.model.decode(strong, targets.batch_index, targets.points, upsample=False, image_size=(H, W))
             terms["consistency"] = cfg.consistency_weight * consistency_loss(
                 student[:, None], targets.teacher_logits, targets.keep, targets.valid, targets.mask_threshold)
-            stats["consistency_kept"] = float(len(targets.points))
 
         total = sum(terms.values())
         return total, {**{k: float(v.detach()) for k, v in terms.items()}, **stats}
@@ -404,8 +422,10 @@ class Trainer:
                 for g in self.opt.param_groups:
                     g["lr"] = self._lr(k, steps)
                 batch = self.sample_batch(source)
-                targets = self.consistency_targets(source, k, cascade)
+                teacher: dict[str, float] = {}
+                targets = self.consistency_targets(source, k, cascade, teacher)
                 loss, parts = self.loss_on(batch, targets)
+                parts.update({f"teacher_{key}": v for key, v in teacher.items()})
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
