@@ -1047,7 +1047,7 @@ def rerun_export(log: InteractionLog, n: int, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m data.inspect",
-        description="Summarise an interaction log, write an HTML report, or render one interaction.",
+        description="Summarise an interaction log, write an HTML report, render one interaction, or view it in Rerun.",
         epilog="Exit codes: 0 ok, 2 bad arguments / not a log / index out of range.",
     )
     ap.add_argument("path", help="run directory containing interactions.zarr, or the .zarr log itself")

@@ -14,8 +14,8 @@ last interaction they include) and `wall_time` (the record's `t_start`); trainin
 | `world/camera` | Transform3D + Pinhole | world-from-camera pose; K (principal point + 0.5 px: Rerun puts pixel centres at +0.5, this project at 0), W x H |
 | `world/camera/{before,after}/rgb` | Image | the two RGB captures |
 | `world/camera/{before,after}/depth` | DepthImage (uint16 mm, meter=1000) | depth along camera z; the 3D view draws the before depth as a point cloud |
-| `world/camera/hypotheses` | SegmentationImage | 0 = none, k + 1 = hypothesis k (higher scores drawn over lower) |
-| `world/camera/chosen` | SegmentationImage | 1 = the chosen hypothesis (all 0 when none was chosen) |
+| `world/camera/hypotheses` | SegmentationImage | 0 = none, k + 1 = hypothesis k (higher scores drawn over lower); cleared when there is none |
+| `world/camera/chosen` | SegmentationImage | 1 = the chosen hypothesis; cleared when none was chosen |
 | `world/camera/mask` | SegmentationImage | 1 = the extracted (frame-differenced) mask |
 | `world/camera/pixel` | Points2D | the action pixel |
 | `world/action/target` | Points3D | `target_robot` (cleared when NaN) |
@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from data.schema import InteractionRecord, Label, depth_to_mm
+from data.schema import InteractionRecord, Label
 
 RERUN_REQUIREMENT = "rerun-sdk>=0.41,<0.42"
 TESTED_MINOR = (0, 41)
@@ -165,19 +165,25 @@ class RerunView:
               rr.Pinhole(image_from_camera=K, resolution=[W, H], image_plane_distance=0.15))  # fmt: skip
         s.log(f"{CAMERA}/before/rgb", rr.Image(np.ascontiguousarray(rec.rgb_before)))
         s.log(f"{CAMERA}/after/rgb", rr.Image(np.ascontiguousarray(rec.rgb_after)))
-        s.log(f"{CAMERA}/before/depth", rr.DepthImage(depth_to_mm(rec.depth_before), meter=1000.0))
-        s.log(f"{CAMERA}/after/depth", rr.DepthImage(depth_to_mm(rec.depth_after), meter=1000.0))
+        s.log(f"{CAMERA}/before/depth", rr.DepthImage(depth_mm(rec.depth_before), meter=1000.0))
+        s.log(f"{CAMERA}/after/depth", rr.DepthImage(depth_mm(rec.depth_after), meter=1000.0))
 
+        # segmentation images; an empty one is a Clear (cheaper, and the previous record's is not shown)
         hyps = np.asarray(rec.hypotheses, dtype=bool)
         scores = np.asarray(rec.hypothesis_scores, dtype=np.float64)
-        seg = np.zeros((H, W), np.uint8)
-        for k in np.argsort(np.nan_to_num(scores, nan=-np.inf), kind="stable"):  # best on top
-            seg[hyps[k]] = k + 1
+        if len(hyps):
+            seg = np.zeros((H, W), np.uint8)
+            for k in np.argsort(np.nan_to_num(scores, nan=-np.inf), kind="stable"):  # best on top
+                seg[hyps[k]] = k + 1
+            s.log(f"{CAMERA}/hypotheses", rr.SegmentationImage(seg, opacity=0.5))
+        else:
+            s.log(f"{CAMERA}/hypotheses", rr.Clear(recursive=False))
         k = int(rec.chosen_hypothesis)
-        chosen = hyps[k].astype(np.uint8) if 0 <= k < len(hyps) else np.zeros((H, W), np.uint8)
-        s.log(f"{CAMERA}/hypotheses", rr.SegmentationImage(seg, opacity=0.5))
-        s.log(f"{CAMERA}/chosen", rr.SegmentationImage(chosen, opacity=0.6))
-        s.log(f"{CAMERA}/mask", rr.SegmentationImage(np.asarray(rec.mask, dtype=np.uint8), opacity=0.6))
+        if 0 <= k < len(hyps):
+            s.log(f"{CAMERA}/chosen", rr.SegmentationImage(hyps[k].view(np.uint8), opacity=0.6))
+        else:
+            s.log(f"{CAMERA}/chosen", rr.Clear(recursive=False))
+        s.log(f"{CAMERA}/mask", rr.SegmentationImage(np.asarray(rec.mask, dtype=bool).view(np.uint8), opacity=0.6))
 
         u, v = (float(x) for x in np.asarray(rec.pixel, dtype=np.float64))
         if math.isfinite(u) and math.isfinite(v):
@@ -306,6 +312,17 @@ def blueprint() -> Any:
         rrb.SelectionPanel(state="collapsed"),
         rrb.TimePanel(state="collapsed", timeline="interaction", fps=2.0),
     )  # fmt: skip
+
+
+def depth_mm(depth_m: np.ndarray) -> np.ndarray:
+    """float metres -> uint16 millimetres for the viewer, in float32 (~5x faster than the log's exact
+    `data.schema.depth_to_mm`; equal but for rare off-by-one mm at exact half millimetres): 0, NaN,
+    negative and infinite depths -> 0 (missing), beyond 65.535 m -> 65535."""
+    d = np.asarray(depth_m, dtype=np.float32) * np.float32(1000.0)
+    d[~np.isfinite(d) | (d < 0)] = 0
+    np.rint(d, out=d)
+    np.minimum(d, 65535, out=d)
+    return d.astype(np.uint16)
 
 
 def _palette(n: int) -> np.ndarray:
@@ -449,7 +466,7 @@ def open_stream(target: str | os.PathLike, *, recording_id: str | None = None, n
         if exe is None or not has_display():
             raise RuntimeError("cannot spawn the Rerun viewer here (" + ("no display" if exe else "no `rerun` "
                                "executable") + "): write a file (OUT.rrd) or use `serve` and open the web viewer")  # fmt: skip
-        stream.spawn(port=grpc_port, executable_path=exe, default_blueprint=bp)
+        rr.spawn(port=grpc_port, executable_path=exe, default_blueprint=bp, recording=stream)
         return stream, f"streaming to the Rerun viewer spawned on port {grpc_port}"
     if t == "serve":
         url = stream.serve_grpc(grpc_port=grpc_port, default_blueprint=bp)

@@ -22,6 +22,12 @@ observation (0 = background/table, >0 = object instance id), `instance_label_bef
 Bad input: an unknown primitive or a pixel outside the image raises ValueError (the env is left
 unchanged); a pixel without valid depth (0 or NaN) or a target outside the workspace is a documented
 no-op: nothing moves, `info["executed"] = False`, `info["reason"]` says why.
+
+Domains (`TabletopConfig.domain`): "narrow" (the default, today's cell), "wide" (randomised cells:
+camera pose and intrinsics, room, table, light, sensor artefacts, object families; training material
+only) and "cross" (randomised cells with evaluation-only objects, split "val" / "test"). Ranges:
+sim/randomization.py `DomainConfig`. In every domain only objects on the table carry instance ids;
+table, room, furniture and clutter are 0. `env.scene_info` says what a randomised scene drew.
 """
 
 from __future__ import annotations
@@ -100,6 +106,9 @@ class TabletopConfig:
     domain: str = "narrow"
     randomization: DomainConfig = field(default_factory=DomainConfig)  # ranges of wide / cross
     far_plane: float = 10.0  # wide / cross render range, metres (the narrow twin renders to 3 m)
+    # wide / cross: a fresh pybullet server every this many scenes (0 = never). Bullet keeps ~0.2-0.4 MB
+    # per randomised scene after resetSimulation (measured); a new server frees it. Scenes are unchanged.
+    reconnect_every: int = 200
 
 
 class InteractiveTabletopEnv(gym.Env):
@@ -131,6 +140,8 @@ class InteractiveTabletopEnv(gym.Env):
         self.base_intrinsics: Intrinsics = d435_intrinsics(cam.width, cam.height)
         self.intrinsics: Intrinsics = self.base_intrinsics  # of the current scene (randomised domains vary it)
         self._arm_removed = False  # randomised domains: the arm is moved out of the scene for renders
+        self._rgb_noise_rng: np.random.Generator | None = None
+        self.last_segmentation: np.ndarray | None = None
         self._depth_sensor: DepthSensor | None = None
         self._rgb_sensor: RgbSensor | None = None
         self.scene_info: dict[str, Any] = {}  # randomised domains: what was drawn (camera, table, room)
@@ -159,11 +170,16 @@ class InteractiveTabletopEnv(gym.Env):
         self._obs_points: np.ndarray | None = None  # world points of the latest depth (cache)
         self._label: np.ndarray | None = None
         self.timing = {"render_s": 0.0, "renders": 0, "physics_s": 0.0, "physics_steps": 0}  # for sim.bench
+        self._n_resets = 0
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         rng = self.np_random
+        if self.cfg.domain != "narrow" and self.cfg.reconnect_every and self._n_resets % self.cfg.reconnect_every == 0 \
+                and self._n_resets:
+            self._reconnect()
+        self._n_resets += 1
         c = self.client
         pb.resetSimulation(physicsClientId=c)
         pb.setGravity(0, 0, -9.81, physicsClientId=c)
@@ -439,7 +455,8 @@ class InteractiveTabletopEnv(gym.Env):
             self._lighting = self._narrow_lighting(lrng)
         self._depth_sensor = sample_depth_sensor(st["depth"], dom.depth, self.intrinsics) if dom.depth.enabled else None
         self._rgb_sensor = sample_rgb_sensor(st["rgb"], dom.rgb, cam.width / 640.0) if dom.rgb.enabled else None
-        self._noise_rng = st["noise"]
+        self._noise_rng = st["noise"]  # per-capture depth noise
+        self._rgb_noise_rng = st["rgb_noise"]  # per-capture colour noise (its own stream: the knobs stay separable)
         room = scene.room
         self.scene_info = {
             "domain": self.cfg.domain, "camera": cam_info, "park_pose": list(park),
@@ -451,6 +468,16 @@ class InteractiveTabletopEnv(gym.Env):
             "depth_model": self._depth_sensor.model if self._depth_sensor else "narrow",
             "depth_band": self._depth_sensor.band_side if self._depth_sensor else "",
         }
+
+    def _reconnect(self) -> None:
+        """Replace the pybullet server by a fresh one (frees what Bullet keeps across resetSimulation)."""
+        try:
+            pb.disconnect(physicsClientId=self.client)
+        except pb.error:
+            pass
+        self.client = pb.connect(pb.DIRECT)
+        self.scene.client = self.client
+        self.arm.client = self.client
 
     def _narrow_lighting(self, rng: np.random.Generator) -> Lighting:
         theta, phi = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 1.2)
@@ -519,16 +546,18 @@ class InteractiveTabletopEnv(gym.Env):
             if body < len(lut) - 1:
                 lut[body] = iid
         label = lut[seg]
+        self.last_segmentation = seg  # pybullet body id per pixel of the latest capture (-1 = nothing); ground truth
         noise = self._noise_rng
         if self._depth_sensor is not None:  # randomised domains: a real sensor's artefacts
             objs = self.scene.shiny_bodies - {self.scene.table_body}
             shiny = np.isin(seg, list(objs)) if objs else np.zeros(seg.shape, bool)
             glossy = seg == self.scene.table_body if self.scene.table_body in self.scene.shiny_bodies else None
             depth = self._depth_sensor.apply(depth, rgb, shiny, noise, glossy)
+        rgb_noise = noise if self.cfg.domain == "narrow" else self._rgb_noise_rng
         if self._rgb_sensor is not None:
-            rgb = self._rgb_sensor.apply(rgb, seg < 0, noise)
+            rgb = self._rgb_sensor.apply(rgb, seg < 0, rgb_noise)
         elif self.cfg.camera.rgb_noise_std > 0:
-            rgb = np.clip(rgb + noise.normal(0, self.cfg.camera.rgb_noise_std, rgb.shape), 0, 255).astype(np.uint8)
+            rgb = np.clip(rgb + rgb_noise.normal(0, self.cfg.camera.rgb_noise_std, rgb.shape), 0, 255).astype(np.uint8)
         if self._depth_sensor is None:
             depth = self.cfg.camera.noise.apply(depth, noise)
         obs = {"rgb": rgb, "depth": depth, "K": intr.K.copy(), "camera_pose": self._camera_pose.copy()}

@@ -26,7 +26,7 @@ import numpy as np
 from sim.camera import DepthNoise, Intrinsics, Lighting, look_at_pose
 
 DOMAINS = ("narrow", "wide", "cross")
-STREAMS = ("camera", "intrinsics", "table", "room", "light", "depth", "rgb", "objects", "noise")
+STREAMS = ("camera", "intrinsics", "table", "room", "light", "depth", "rgb", "objects", "noise", "rgb_noise")
 
 
 def streams(rng: np.random.Generator, domain: str = "wide") -> dict[str, np.random.Generator]:

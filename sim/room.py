@@ -324,7 +324,7 @@ def build_room(client: int, rng: np.random.Generator, r: RoomRanges, top: TableT
         else:
             xy = np.array([rng.uniform(X0, X1), rng.uniform(Y0, Y1)])
             z = zf
-            if not free(xy, size / 2):
+            if not free(xy, size / 2) or any(np.linalg.norm(xy - p) < pr + size / 2 for p, pr in placed):
                 continue
         body = create_compound(c, [part], (xy[0], xy[1], z + hz), q([0, 0, rng.uniform(-np.pi, np.pi)]), rgba=col)
         if kind in (0, 3) and rng.random() < 0.5:

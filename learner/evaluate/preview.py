@@ -27,7 +27,7 @@ def _colours(n: int) -> np.ndarray:
     import colorsys
 
     return np.array([[round(255 * c) for c in colorsys.hsv_to_rgb((0.61803 * k + 0.1) % 1.0, 0.8, 1.0)]
-                     for k in range(max(n, 1))], dtype=np.float32)  # fmt: skip
+                     for k in range(n)], dtype=np.float32).reshape(n, 3)  # fmt: skip
 
 
 def label_overlay(rgb: np.ndarray, label: np.ndarray) -> np.ndarray:
