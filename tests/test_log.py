@@ -1,4 +1,4 @@
-"""Interaction log (data/): round trips, crash safety, concurrent readers, format errors, dataset, COCO.
+"""Interaction log (data/): round trips, crash safety, concurrent readers, format errors, COCO export.
 
 Everything runs against real Zarr stores on disk (tmp_path); writer crashes are real SIGKILLs of
 subprocesses.
@@ -498,48 +498,7 @@ def test_single_writer_is_enforced(tmp_path):
     assert len(reader) == 2
 
 
-# ----------------------------------------------------------------------------- dataset and COCO
-
-
-def test_dataset_returns_correct_tensors_and_refreshes(tmp_path):
-    import torch
-
-    from data.dataset import InteractionDataset
-
-    path = tmp_path / "log.zarr"
-    recs = [rec(i) for i in range(6)]
-    for i, r in enumerate(recs):
-        r.label = Label.POSITIVE if i % 2 else Label.NEGATIVE
-    writer = InteractionLog.create(path, H, W)
-    for r in recs[:4]:
-        writer.append(r)
-
-    ds = InteractionDataset(path)
-    pos = InteractionDataset(path, labels=Label.POSITIVE)
-    assert len(ds) == 4 and list(pos.indices) == [1, 3]
-    item = pos[1]
-    r = recs[3]
-    assert set(item) == {"rgb", "depth", "K", "pixel", "mask", "label", "index"}
-    assert item["rgb"].shape == (3, H, W) and item["rgb"].dtype == torch.float32
-    assert torch.allclose(item["rgb"], torch.from_numpy(r.rgb_before).permute(2, 0, 1).float() / 255)
-    assert float(item["rgb"].max()) <= 1.0
-    assert item["depth"].shape == (1, H, W) and item["depth"].dtype == torch.float32
-    assert np.abs(item["depth"][0].numpy() - r.depth_before).max() <= 0.0005 + 1e-6
-    assert item["mask"].shape == (1, H, W) and np.array_equal(
-        item["mask"][0].numpy(), r.mask.astype(np.float32)
-    )
-    assert torch.equal(item["K"], torch.from_numpy(r.K.astype(np.float32)))
-    assert torch.equal(item["pixel"], torch.from_numpy(r.pixel))
-    assert int(item["label"]) == 1 and int(item["index"]) == 3
-
-    for r in recs[4:]:
-        writer.append(r)
-    assert len(pos) == 2
-    assert pos.refresh() == 3 and list(pos.indices) == [1, 3, 5]
-    assert ds.refresh() == 6
-    batch = next(iter(torch.utils.data.DataLoader(pos, batch_size=3)))
-    assert batch["rgb"].shape == (3, 3, H, W) and batch["index"].tolist() == [1, 3, 5]
-    writer.close()
+# ----------------------------------------------------------------------------- COCO export
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools decode vs numpy 2 copy kw

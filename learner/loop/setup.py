@@ -49,11 +49,8 @@ def _typed(cls: type, node: Any) -> Any:
 
 def build_loop(cfg: DictConfig, run_dir: str) -> InteractiveLoop:
     validate(cfg)
-    m = cfg.learner.model
-    model_cfg = SegmenterConfig(stem_width=m.stem_width, widths=tuple(m.widths), depths=tuple(m.depths),
-                                fpn_width=m.fpn_width, embed_dim=m.embed_dim, latent_dim=m.latent_dim)
+    model_cfg = SegmenterConfig.from_dict(OmegaConf.to_container(cfg.learner.model, resolve=True))
     train_cfg = to_dataclass(TrainConfig, cfg.learner)
-    train_cfg.seed = int(cfg.loop.seed)
     return InteractiveLoop(
         run_dir, make_robot(cfg.robot), _typed(LoopSettings, cfg.loop), train_cfg, model_cfg,
         _typed(AgentConfig, cfg.agent), to_dataclass(FrameDiffConfig, cfg.frame_diff),

@@ -174,7 +174,7 @@ class PointSegmenter(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x: (B,C,H,W) from preprocess.make_input -> dict of stride-4 maps (see module doc)."""
+        """x: (B,C,H,W) from learner.proposals.frame.make_input -> dict of stride-4 maps (see module doc)."""
         y = self.stem(x)
         feats = []
         for stage in self.stages:

@@ -44,8 +44,9 @@ class TrainImage:
     instance_ids: list[int] = field(default_factory=list)
 
 
-def table_pixels(depth: np.ndarray, K: np.ndarray, camera_pose: np.ndarray, max_height: float) -> np.ndarray:
-    """(H,W) bool: valid pixels whose world point is within `max_height` metres of the plane z = 0."""
+def table_prior_pixels(depth: np.ndarray, K: np.ndarray, camera_pose: np.ndarray, max_height: float) -> np.ndarray:
+    """(H,W) bool: valid pixels whose world point is within `max_height` metres of the plane z = 0 (the
+    calibrated table; the training prior, not the proposals' fitted-plane gate `proposals.cleaning.table_pixels`)."""
     h = height_above_table(depth, K, camera_pose)
     return np.abs(np.nan_to_num(h, nan=np.inf)) < max_height
 
@@ -114,7 +115,7 @@ class LogSource:
 
     def _table(self, i: int) -> np.ndarray:
         if i not in self._table_cache:
-            self._table_cache[i] = table_pixels(self.depth[i], self.K[i], self.pose[i], self.table_prior_height)
+            self._table_cache[i] = table_prior_pixels(self.depth[i], self.K[i], self.pose[i], self.table_prior_height)
         return self._table_cache[i]
 
     def interaction_image(self, i: int, rng: np.random.Generator, points_per_mask: int) -> TrainImage:
@@ -152,7 +153,7 @@ class LogSource:
         out = []
         for x in (x1, x2):
             img = TrainImage(x.rgb, x.depth, self.K[i], group=group,
-                             table=table_pixels(x.depth, self.K[i], self.pose[i], self.table_prior_height))
+                             table=table_prior_pixels(x.depth, self.K[i], self.pose[i], self.table_prior_height))
             for k, iid in enumerate(x.ids):
                 vis = x.visible_masks[k]
                 if vis.sum() < min_visible:
