@@ -297,7 +297,7 @@ def test_run_loop_franka_end_to_end_writes_the_sim_log_schema(franky_sim_host, t
            "learner.model.fpn_width=16", "learner.batch_size=2", "learner.max_queries=8", "loop.progress=false",
            f"loop.interactions={n}", "loop.update_interval=100", "loop.train_steps=1", "loop.eval_interval=0",
            "agent.exploration=1.0", "agent.primitive=alternate", "robot.gripper_open_width=0.05",
-           "robot.gripper_speed=0.1"]
+           "robot.gripper_speed=0.1", "loop.viz=rerun"]  # the live Rerun view on the real-robot path too
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "Summary" in r.stdout
@@ -316,6 +316,12 @@ def test_run_loop_franka_end_to_end_writes_the_sim_log_schema(franky_sim_host, t
             assert np.all(np.isfinite(rec.target_robot))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["index"] for m in rows if m["kind"] == "interaction"] == list(range(n))
+    from data.rerun_view import read_recording
+
+    chunks = [c for c in read_recording(run / "rerun.rrd") if not c.is_static]
+    entities = {c.entity_path for c in chunks}
+    assert any(e.startswith("/world/camera") or e.startswith("world/camera") for e in entities), entities
+    assert any("action" in e for e in entities), entities
 
 
 @pytest.mark.slow

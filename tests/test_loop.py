@@ -123,3 +123,112 @@ def test_bad_overrides_fail_clearly(tmp_path, override, needle):
     assert r.returncode != 0
     assert needle in (r.stderr + r.stdout)
     assert not (tmp_path / "run" / "interactions.zarr").exists()
+
+
+# ------------------------------------------------------------------ learner.init: start from a trained model
+QUICK = ["loop.eval_scenes=0"]  # the init tests need no held-out evaluation
+
+
+def checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """Run A: a few interactions and one retrain of 2 steps (the model the init tests start from)."""
+    run = tmp_path_factory.mktemp("init") / "A"
+    r = run_loop(run, *QUICK, "loop.interactions=4", "loop.update_interval=4", "loop.train_steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert checkpoint(run / "model" / "segmenter.pt")["model_version"] == 1
+    return run
+
+
+def test_init_from_a_run_then_resume(trained_run, tmp_path):
+    a = checkpoint(trained_run / "model" / "segmenter.pt")
+    run = tmp_path / "B"
+    # no training in B's first part: its checkpoint is then exactly the model it started from; seeds at any
+    # objectness so that the barely trained model proposes something from the first interaction on
+    args = [*QUICK, f"learner.init={trained_run}", "agent.proposals.objectness_threshold=0.0", "agent.exploration=0"]
+    r = run_loop(run, *args, "loop.interactions=2", "loop.update_interval=2", "loop.train_steps=0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "learner.init: starting from" in r.stdout + r.stderr
+    b = checkpoint(run / "checkpoints" / "last.pt")
+    assert b["model_version"] == 1 and b["step"] == 0 and b["model_config"] == a["model_config"]
+    assert set(b["model"]) == set(a["model"]) and all(torch.equal(b["model"][k], a["model"][k]) for k in a["model"])
+    inits = [m for m in metrics(run) if m["kind"] == "init"]
+    assert len(inits) == 1 and inits[0]["model_version"] == 1 and inits[0]["source"] == str(trained_run)
+    assert inits[0]["checkpoint"] == str((trained_run / "model" / "segmenter.pt").resolve())
+    first = [m for m in metrics(run) if m["kind"] == "interaction"][0]
+    assert first["model_version"] == 1 and first["n_hypotheses"] > 0 and first["chosen_hypothesis"] >= 0  # no cold start
+    state = json.loads((run / "loop_state.json").read_text())
+    assert state["init"]["source"] == str(trained_run) and state["model_version"] == 1
+
+    # the same command again, a larger target and training on: resumes from B's own checkpoint, no second init
+    r = run_loop(run, *args, "loop.interactions=4", "loop.update_interval=2", "loop.train_steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ignored" in r.stdout + r.stderr
+    assert [m["kind"] for m in metrics(run)].count("init") == 1
+    b2 = checkpoint(run / "checkpoints" / "last.pt")
+    assert b2["step"] == 2 and b2["model_version"] == 2  # retrained at 4 on top of v1
+    # once more: the step count of B's own checkpoint continues (a fresh start from A would be back at 2)
+    r = run_loop(run, *args, "loop.interactions=6", "loop.update_interval=2", "loop.train_steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    b3 = checkpoint(run / "checkpoints" / "last.pt")
+    assert b3["step"] == 4 and b3["model_version"] == 3
+    assert [m["kind"] for m in metrics(run)].count("init") == 1
+    assert interaction_indices(run) == list(range(6))
+    assert json.loads((run / "loop_state.json").read_text())["init"]["source"] == str(trained_run)
+
+
+def test_init_from_an_onnx_export_uses_its_source(trained_run, tmp_path):
+    out = tmp_path / "export"
+    r = subprocess.run([sys.executable, "-m", "learner.deploy", "export", str(trained_run), str(out), "--no-mc-dropout"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "B"
+    # a learner.model.* that differs from the checkpoint's: the checkpoint's architecture wins, and the run says so
+    r = run_loop(run, *QUICK, f"learner.init={out}", "loop.interactions=1", "loop.train_steps=0", "learner.model.fpn_width=24")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (init,) = [m for m in metrics(run) if m["kind"] == "init"]
+    assert init["checkpoint"] == str((trained_run / "model" / "segmenter.pt").resolve())
+    assert init["source_kind"] == "onnx_export_source" and init["model_config_from_checkpoint"] == ["fpn_width"]
+    assert "architecture wins" in r.stdout + r.stderr
+    assert checkpoint(run / "model" / "segmenter.pt")["model_config"]["fpn_width"] == 16
+
+    # an ONNX graph without its model card: nothing names the checkpoint, and the graph cannot be fine-tuned
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "segmenter.onnx").write_bytes((out / "segmenter.onnx").read_bytes())
+    r = run_loop(tmp_path / "C", *QUICK, f"learner.init={bare}", "loop.interactions=1", timeout=120)
+    assert r.returncode == 2
+    assert "cannot be fine-tuned" in r.stderr and "model_card.json" in r.stderr and str(bare) in r.stderr
+
+
+@pytest.mark.parametrize("what", ["missing", "not_a_checkpoint", "empty_dir"])
+def test_bad_init_fails_at_start_naming_the_path(tmp_path, what):
+    path = {"missing": tmp_path / "nonexistent", "not_a_checkpoint": tmp_path / "notes.pt",
+            "empty_dir": tmp_path / "empty"}[what]
+    if what == "not_a_checkpoint":
+        path.write_text("not a checkpoint")
+    if what == "empty_dir":
+        path.mkdir()
+    r = run_loop(tmp_path / "run", f"learner.init={path}", timeout=120)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "learner.init" in r.stderr and str(path) in r.stderr
+    assert not (tmp_path / "run" / "interactions.zarr").exists()
+
+
+def test_pretrain_recipe(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "learner.pretrain", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "robot.domain=wide" in r.stdout and "learner.init=" in r.stdout
+    run = tmp_path / "wide"
+    # a tiny pretraining: the recipe's domain, the command line's budget (it wins over the recipe)
+    cmd = [sys.executable, "-m", "learner.pretrain", f"hydra.run.dir={run}", *TINY, *QUICK, "loop.interactions=2",
+           "loop.update_interval=2", "loop.train_steps=1"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"python run_loop.py robot=sim learner.init={run}" in r.stdout
+    cfg = (run / ".hydra" / "config.yaml").read_text()
+    assert "domain: wide" in cfg and "interactions: 2\n" in cfg and "train_steps: 1\n" in cfg
+    assert checkpoint(run / "model" / "segmenter.pt")["model_version"] == 1

@@ -281,8 +281,10 @@ def test_propose_resolution_sorting_and_nms(model):
     rgb, depth, K = _frame(96, 128, seed=3)
     seg = torch_segmenter(model)
     # untrained model: objectness ~0.1 everywhere, so use a low seed threshold to get proposals; the
-    # frame's depth is per-pixel noise of 20 cm, which the depth-edge cut would shatter: off here
-    inst = seg.predict(rgb, depth, K, max_hypotheses=10, objectness_threshold=0.05, nms_iou=0.5, depth_edge_m=None)
+    # frame's depth is per-pixel noise of 20 cm, which the depth-edge cut would shatter and in which
+    # there is no support plane to stand on: both off here
+    inst = seg.predict(rgb, depth, K, max_hypotheses=10, objectness_threshold=0.05, nms_iou=0.5, depth_edge_m=None,
+                       support_region=False)
     masks, scores = inst.masks, inst.scores
     assert isinstance(masks, np.ndarray) and masks.dtype == bool
     assert masks.shape[1:] == (96, 128) and masks.shape[0] == scores.shape[0] <= 10
@@ -296,7 +298,7 @@ def test_propose_resolution_sorting_and_nms(model):
     assert iou.max(initial=0) <= 0.5
     # network at another resolution: masks and points still in frame pixels
     small = torch_segmenter(model, net_size=(48, 64))
-    i2 = small.predict(rgb, depth, K, objectness_threshold=0.05, depth_edge_m=None)
+    i2 = small.predict(rgb, depth, K, objectness_threshold=0.05, depth_edge_m=None, support_region=False)
     assert i2.masks.shape[1:] == (96, 128) and i2.points.shape == (len(i2), 2) and len(i2) > 0
     assert (i2.points >= -0.5).all() and (i2.points[:, 0] <= 127.5).all() and (i2.points[:, 1] <= 95.5).all()
     # nothing above threshold -> empty, correctly shaped

@@ -95,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
                         "from a latent model's prior")
     p.add_argument("--dropout-rate", type=float, default=s.dropout_rate, help="MC-dropout channel drop rate")
     p.add_argument("--seed", type=int, default=s.seed, help="seed of the random draws")
+    p.add_argument("--camera-pose", metavar="POSE.json",
+                   help="world-from-camera 4x4 (world z up, metres): a JSON 4x4 list or an object with \"pose\" "
+                        "(scene camera JSONs qualify), one file for all frames or a directory of STEM.json; the "
+                        "support plane is then the one at the pose's height above the table top (--table-z)")
+    p.add_argument("--table-z", type=float, default=0.0, help="table top height in the world frame, metres (default 0)")
+    p.add_argument("--workspace", type=float, nargs=6, metavar=("X0", "X1", "Y0", "Y1", "Z0", "Z1"),
+                   help="world-frame box (metres, needs --camera-pose): masks are cut to the points inside it")
 
     b = sub.add_parser("bench", help="latency of a 640x480 frame: onnxruntime vs torch, through the same pipeline")
     b.add_argument("--model", required=True)

@@ -3,6 +3,12 @@
     python -m learner.deploy predict --model OUT_DIR --rgb IMG.png --depth DEPTH.png --intrinsics K.json --out DIR
     python -m learner.deploy predict --model OUT_DIR --scenes SCENES_DIR --out DIR
     python -m learner.deploy predict ... --mode confidence --p 0.9 --samples 10   # safer grasp targets
+    python -m learner.deploy predict ... --camera-pose POSE.json --workspace 0.2 0.8 -0.4 0.4 -0.01 0.3
+
+Without a camera pose the support plane (the network's height channel, the table gate, the
+off-support rule) comes from the pose-free rule of `learner.proposals.plane`; with --camera-pose
+(world-from-camera, world z up) it is the plane at the pose's height above the table top
+(--table-z), and --workspace (world box, metres) cuts every mask to the points inside it.
 
 Frames go through `learner.deploy.runtime.Segmenter` (the one proposal pipeline of
 `learner.proposals` over onnxruntime); the distributional modes take a
@@ -26,6 +32,8 @@ import numpy as np
 
 from learner.deploy import DeployError
 from learner.deploy.runtime import MC_ONNX_NAME, MODES, InputError, Instances, ModelError, Segmenter
+from learner.proposals.frame import check_inputs
+from learner.proposals.plane import fill_holes, use_camera_pose, workspace_mask
 from learner.proposals.segmenter import SamplerConfig
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -59,6 +67,33 @@ def read_intrinsics(path: Path) -> tuple[np.ndarray, tuple[int, int] | None]:
     if not np.all(np.isfinite(K)):
         raise DeployError(f"intrinsics {path} contain NaN or inf")
     return K, size
+
+
+def read_camera_pose(path: Path) -> np.ndarray:
+    """JSON 4x4 list, or an object with "pose" (scene_io camera JSONs) -> (4, 4) world-from-camera."""
+    if not path.is_file():
+        raise DeployError(f"missing camera pose file: {path}")
+    try:
+        d = json.loads(path.read_text())
+        T = np.asarray(d["pose"] if isinstance(d, dict) else d, dtype=np.float64)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DeployError(f"malformed camera pose JSON {path} (a 4x4 list or {{\"pose\": 4x4}}): {e}") from None
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        raise DeployError(f"camera pose {path} must be a finite 4x4 matrix, got shape {T.shape}")
+    if not np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-3) or not np.allclose(T[3], (0, 0, 0, 1)):
+        raise DeployError(f"camera pose {path} is not a rigid transform (rotation + translation)")
+    return T
+
+
+def cut_to_workspace(inst: Instances, depth_m: np.ndarray, K: np.ndarray, pose: np.ndarray,
+                     box: tuple[tuple[float, float], tuple[float, float], tuple[float, float]],
+                     min_area: int) -> Instances:
+    """Instances with every mask cut to the pixels whose point lies in the world box (plus depth
+    holes enclosed by them); masks left under min_area pixels are dropped."""
+    keep_px = fill_holes(workspace_mask(depth_m, K, pose, box))
+    masks = inst.masks & keep_px[None]
+    keep = masks.reshape(masks.shape[0], -1).sum(axis=1) >= max(int(min_area), 1)
+    return Instances(masks[keep], inst.scores[keep], inst.points[keep], inst.depth, inst.K, dict(inst.info))
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -190,12 +225,15 @@ def _write_all(files: dict[Path, bytes]) -> None:
 def predict_frame(
     seg: Segmenter, stem: str, rgb_path: Path, depth_path: Path, intr_path: Path, out_dir: Path,
     mode: str = "mean", p: float = 0.9, sampler: SamplerConfig | None = None,
+    pose_path: Path | None = None, workspace: tuple[tuple[float, float], ...] | None = None, table_z: float = 0.0,
 ) -> dict[str, Any]:
     """Read, check, predict and write one frame's outputs (all or nothing); returns its JSON.
 
     mode "mean" is the plain prediction (`Segmenter.predict`); "confidence" / "union" are the
     distributional modes of `Segmenter.predict_distributional` with p and the sampler settings
-    (default SamplerConfig())."""
+    (default SamplerConfig()). pose_path: the frame's camera pose JSON (`read_camera_pose`), used for
+    the support plane (`learner.proposals.plane.use_camera_pose`, table top at world z = table_z)
+    and, with workspace ((x0, x1), (y0, y1), (z0, z1)) world metres, to cut the masks to that box."""
     rgb = read_rgb(rgb_path)
     depth = read_depth(depth_path)
     K, size = read_intrinsics(intr_path)
@@ -205,12 +243,19 @@ def predict_frame(
             f"intrinsics {intr_path} are for {size[0]}x{size[1]} but {rgb_path} is {W}x{H}; "
             "use the intrinsics of this resolution"
         )
+    pose = read_camera_pose(pose_path) if pose_path is not None else None
+    if workspace is not None and pose is None:
+        raise DeployError("--workspace needs --camera-pose (the box is in the world frame)")
     t0 = time.perf_counter()
     try:
-        if mode == "mean":
-            inst: Instances = seg.predict(rgb, depth, K)
-        else:
-            inst = seg.predict_distributional(rgb, depth, K, mode=mode, p=p, sampler=sampler or SamplerConfig())
+        with use_camera_pose(pose, table_z):
+            if mode == "mean":
+                inst: Instances = seg.predict(rgb, depth, K)
+            else:
+                inst = seg.predict_distributional(rgb, depth, K, mode=mode, p=p, sampler=sampler or SamplerConfig())
+        if workspace is not None:
+            _, depth_m, Kc = check_inputs(rgb, depth, K)
+            inst = cut_to_workspace(inst, depth_m, Kc, pose, workspace, seg.proposals.min_area)
     except InputError as e:
         raise DeployError(f"{rgb_path} / {depth_path} / {intr_path}: {e}") from None
     except ModelError as e:
@@ -221,6 +266,8 @@ def predict_frame(
         "rgb": str(rgb_path),
         "depth": str(depth_path),
         "intrinsics": str(intr_path),
+        **({"camera_pose": str(pose_path)} if pose_path is not None else {}),
+        **({"workspace": [list(w) for w in workspace]} if workspace is not None else {}),
         "width": W,
         "height": H,
         "model_version": seg.model_version,
@@ -289,12 +336,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if sampler.method in LATENT_SAMPLERS and seg.backend.latent_weight is None:
             raise DeployError(f"{args.model}: sampler {sampler.method!r} needs a model with a latent code "
                               "(trained with latent_dim > 0); use --sampler tta or mc_dropout")
+    pose_arg = getattr(args, "camera_pose", None)
+    ws = getattr(args, "workspace", None)
+    workspace = None if ws is None else ((ws[0], ws[1]), (ws[2], ws[3]), (ws[4], ws[5]))
+    if workspace is not None and pose_arg is None:
+        raise DeployError("--workspace needs --camera-pose (the box is in the world frame)")
+    if workspace is not None and not all(lo < hi for lo, hi in workspace):
+        raise DeployError(f"--workspace needs X0 < X1, Y0 < Y1, Z0 < Z1, got {ws}")
+    table_z = float(getattr(args, "table_z", 0.0))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for stem, r, d, k in frames:
+        pose_path = None
+        if pose_arg is not None:
+            pose_path = Path(pose_arg) / f"{stem}.json" if Path(pose_arg).is_dir() else Path(pose_arg)
         try:
-            rec = predict_frame(seg, stem, r, d, k, out, mode, p, sampler)
+            rec = predict_frame(seg, stem, r, d, k, out, mode, p, sampler, pose_path, workspace, table_z)
         except DeployError as e:
             failed += 1
             print(f"error: {e}", file=sys.stderr)

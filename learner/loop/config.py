@@ -51,9 +51,12 @@ class ModelSchema(SegmenterConfig):
 @dataclass
 class LearnerSchema(TrainConfig):
     """Training settings (learner/train/trainer.py TrainConfig) plus the network. The loop's training
-    steps and seed are loop.train_steps and loop.seed."""
+    steps and seed are loop.train_steps and loop.seed. `init`: start a fresh run directory from a trained
+    model (a run directory, a checkpoint .pt or an ONNX export's source checkpoint; its architecture wins
+    over `model`); "" = from scratch; ignored when the run directory resumes from its own checkpoint."""
 
     model: ModelSchema = field(default_factory=ModelSchema)
+    init: str = ""
 
 
 @dataclass

@@ -10,10 +10,15 @@ Run directory (Hydra's output directory):
     checkpoints/last.pt    trainer checkpoint (model, optimiser, RNG, step); atomic writes
     model/segmenter.pt     the latest deployable model (state dict + config + metrics)
     metrics.jsonl          one JSON object per interaction / training chunk / evaluation
-    loop_state.json        counters, agent and robot state for resuming; atomic writes
+    loop_state.json        counters, agent and robot state for resuming (and the `learner.init` source); atomic
     eval_scenes/           held-out scenes used by the periodic evaluation (sim only)
 Running again on the same directory resumes: the log decides how many interactions are done (a
 record is either fully committed or not there), the rest comes from loop_state.json and the checkpoint.
+
+A fresh run directory may start from a trained model (`init`, `resolve_init`: a run directory, a .pt or an
+ONNX export's source checkpoint): its weights and architecture, a fresh optimiser, model version 1 (the
+agent acts on its proposals from the first interaction). The run writes its own checkpoint at once, so
+resuming never needs the source again, and a run directory that has a checkpoint ignores `init`.
 """
 
 from __future__ import annotations
@@ -37,7 +42,13 @@ from learner.loop.agent import Agent, AgentConfig
 from learner.loop.provenance import code_version
 from learner.loop.record import build_record
 from learner.model.backend import torch_segmenter
-from learner.model.network import SegmenterConfig
+from learner.model.checkpoint import (
+    CheckpointError,
+    model_from_checkpoint,
+    read_checkpoint,
+    resolve_checkpoint,
+)
+from learner.model.network import PointSegmenter, SegmenterConfig
 from learner.proposals.config import ProposalConfig
 from learner.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, log_source
 from robot.base import Robot
@@ -75,6 +86,74 @@ class LoopState:
     agent: dict[str, Any] = field(default_factory=dict)
     agent_rng: dict[str, Any] = field(default_factory=dict)
     robot: dict[str, Any] = field(default_factory=dict)
+    init: dict[str, Any] = field(default_factory=dict)  # the `learner.init` source this run started from, if any
+
+
+@dataclass
+class InitSource:
+    """A trained model to start a fresh run from (`learner.init`), read and checked by `resolve_init`."""
+
+    given: str  # the path as the user gave it
+    checkpoint: Path  # the torch checkpoint the weights come from
+    kind: str  # resolve_checkpoint's kind, or "onnx_export_source"
+    model: PointSegmenter
+    meta: dict[str, Any] = field(default_factory=dict)  # the source's model_version / interactions / train steps
+
+
+# the files of an ONNX export (learner/deploy/runtime.py CARD_NAME, ONNX_NAME; not imported: the loop needs no onnx)
+_CARD_NAME, _ONNX_NAME = "model_card.json", "segmenter.onnx"
+
+
+def _export_source(p: Path) -> tuple[Path, int | None] | None:
+    """(the checkpoint an ONNX export was made from (its model card's training.source), the exported model
+    version); None if `p` is no export. CheckpointError when it is one but the card or its source is missing."""
+    if p.is_file() and p.suffix == ".onnx":
+        d = p.parent
+    elif p.is_file() and p.name == _CARD_NAME:
+        d = p.parent
+    elif p.is_dir() and ((p / _CARD_NAME).is_file() or (p / _ONNX_NAME).is_file()):
+        d = p
+    else:
+        return None
+    card_path = d / _CARD_NAME
+    no_finetune = (f"learner.init={p} is an ONNX export; an ONNX graph cannot be fine-tuned: learner.init needs the torch "
+                   "checkpoint it was exported from (a run directory, its checkpoints/last.pt or model/segmenter.pt)")
+    if not card_path.is_file():
+        raise CheckpointError(f"{no_finetune}, which the export's {card_path} names under training.source; "
+                              f"{card_path} is missing")
+    try:
+        card = json.loads(card_path.read_text())
+        src = card["training"]["source"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{no_finetune}; {card_path} does not name it (training.source: {e})") from None
+    if not src or not Path(src).exists():
+        raise CheckpointError(f"{no_finetune}; {card_path} names training.source = {src}, which does not exist")
+    version = (card.get("model") or {}).get("version")
+    return Path(src), None if version is None else int(version)
+
+
+def resolve_init(path: str | Path) -> InitSource:
+    """`learner.init`: a run directory, a checkpoint .pt (trainer checkpoint or the deployable
+    model/segmenter.pt) or an ONNX export directory (through its model card's training.source) -> the model.
+    CheckpointError (a ValueError) naming the path when it does not exist or is not a segmenter checkpoint."""
+    p = Path(path).expanduser()
+    try:
+        export = _export_source(p)
+        ckpt_path, kind = resolve_checkpoint(export[0] if export is not None else p)
+        ckpt = read_checkpoint(ckpt_path)
+        model = model_from_checkpoint(ckpt, ckpt_path)
+    except CheckpointError as e:
+        msg = str(e)
+        raise CheckpointError(msg if msg.startswith("learner.init") else f"learner.init={path}: {msg}") from None
+    meta = {key: int(ckpt[key]) for key in ("model_version", "interactions", "step", "train_steps")
+            if isinstance(ckpt.get(key), int | float)}
+    if export is not None:
+        kind = "onnx_export_source"
+        meta["exported_model_version"] = export[1]
+        if export[1] is not None and meta.get("model_version") not in (None, export[1]):
+            print(f"learner.init={path}: note: the export is model v{export[1]}, its source {ckpt_path} is now "
+                  f"v{meta['model_version']} (the run went on training); starting from the source as it is now")
+    return InitSource(str(path), ckpt_path.resolve(), kind, model, meta)
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -86,7 +165,7 @@ def _atomic_json(path: Path, obj: Any) -> None:
 class InteractiveLoop:
     def __init__(self, run_dir: str | Path, robot: Robot, loop: LoopSettings, train_cfg: TrainConfig,
                  model_cfg: SegmenterConfig, agent_cfg: AgentConfig, frame_diff: FrameDiffConfig,
-                 config_snapshot: dict | None = None):
+                 config_snapshot: dict | None = None, init: InitSource | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.robot = robot
@@ -98,6 +177,7 @@ class InteractiveLoop:
         self.model_path = self.run_dir / "model" / "segmenter.pt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.state_path = self.run_dir / "loop_state.json"
+        self.init = init  # used only when the run directory has no checkpoint of its own (see _load)
         self.trainer = Trainer(train_cfg, model_cfg, seed=loop.seed)
         self.agent = Agent(agent_cfg, np.random.default_rng(loop.seed))
         self.state = LoopState()
@@ -117,8 +197,33 @@ class InteractiveLoop:
                 self.robot.load_state_dict(self.state.robot)
         self.state.interactions = len(log)  # the log is the source of truth (a crash may have cut the state file)
         if self.ckpt_path.exists():
+            if self.init is not None:
+                tqdm.write(f"learner.init={self.init.given} ignored: resuming {self.run_dir} from its own checkpoint "
+                           f"{self.ckpt_path}")
             self.trainer.load(self.ckpt_path)
             self.state.model_version = self.trainer.model_version
+            self.init = None
+
+    def _start_from(self, init: InitSource) -> None:
+        """A fresh run from a trained model: its weights and architecture (over the configured
+        learner.model), a fresh optimiser, model version 1; the run's own checkpoint is written at once."""
+        wanted = self.trainer.model.config.to_dict()
+        got = init.model.config.to_dict()
+        differ = {k: {"config": wanted.get(k), "checkpoint": v} for k, v in got.items() if wanted.get(k) != v}
+        self.trainer.start_from(init.model, model_version=1)
+        self.state.model_version = self.trainer.model_version
+        self.state.init = {"source": init.given, "checkpoint": str(init.checkpoint), "kind": init.kind,
+                           "source_meta": init.meta, "at_interaction": self.state.interactions}
+        self._metric({"kind": "init", "source": init.given, "checkpoint": str(init.checkpoint), "source_kind": init.kind,
+                      "model_version": self.trainer.model_version, "interactions": self.state.interactions,
+                      "source_meta": init.meta, "model_config_from_checkpoint": sorted(differ)})
+        self.trainer.save(self.ckpt_path)  # from now on this run resumes from its own checkpoint
+        tqdm.write(f"learner.init: starting from {init.checkpoint} as model v{self.trainer.model_version} "
+                   f"({self.trainer.model.num_parameters()} parameters, fresh optimiser)")
+        if differ:
+            tqdm.write("learner.init: the checkpoint's architecture wins over learner.model.* for "
+                       + ", ".join(f"{k} (config {v['config']}, checkpoint {v['checkpoint']})" for k, v in differ.items()))
+        self._save_state()
 
     def _save_state(self) -> None:
         self.state.agent = self.agent.state_dict()
@@ -263,6 +368,8 @@ class InteractiveLoop:
             self._load(log)
             start_n = self.state.interactions
             self._metric({"kind": "run_start", "interactions": start_n, "code_version": version, "unix": time.time()})
+            if self.init is not None:  # a fresh run directory (no checkpoint of its own): start from the given model
+                self._start_from(self.init)
             self._viz = None
             if lp.viz == "rerun":
                 from data.rerun_view import LiveRerun
@@ -361,6 +468,7 @@ class InteractiveLoop:
                     "hit_rate_gt": float(np.mean(v["hit_gt"])) if v["hit_gt"] else None}
                 for k, v in s["by_version"].items()},
             "model_version": self.trainer.model_version,
+            "init": self.state.init.get("source"),
             "train_steps": self.trainer.step,
             "train_seconds": self.trainer.train_seconds,
             "eval": {k: ev.get(k) for k in ("AP50", "AP", "overlap_F", "boundary_F") if k in ev},

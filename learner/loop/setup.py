@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -10,9 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from data.frame_diff import FrameDiffConfig
 from learner.loop.agent import AgentConfig
 from learner.loop.config import to_dataclass, validate
-from learner.loop.interactive import InteractiveLoop, LoopSettings
+from learner.loop.interactive import InitSource, InteractiveLoop, LoopSettings, resolve_init
 from learner.model.network import SegmenterConfig
-from learner.train.trainer import TrainConfig
+from learner.train.trainer import CHECKPOINT_NAME, TrainConfig
 from robot.base import Robot
 
 
@@ -47,14 +48,28 @@ def _typed(cls: type, node: Any) -> Any:
     return obj
 
 
+def init_source(cfg: DictConfig, run_dir: str | Path) -> InitSource | None:
+    """`learner.init` of a fresh run directory, read and checked now (a bad path fails at start, naming it);
+    None when it is unset or when the run directory already has its own checkpoint (a resume: the run's
+    checkpoint wins, the loop prints that `learner.init` is ignored)."""
+    path = str(cfg.learner.get("init", "") or "")
+    if not path:
+        return None
+    if (Path(run_dir) / "checkpoints" / CHECKPOINT_NAME).exists():
+        print(f"learner.init={path} ignored: {run_dir} has its own checkpoint, resuming from it")
+        return None
+    return resolve_init(path)
+
+
 def build_loop(cfg: DictConfig, run_dir: str) -> InteractiveLoop:
     validate(cfg)
     model_cfg = SegmenterConfig.from_dict(OmegaConf.to_container(cfg.learner.model, resolve=True))
     train_cfg = to_dataclass(TrainConfig, cfg.learner)
+    init = init_source(cfg, run_dir)
     return InteractiveLoop(
         run_dir, make_robot(cfg.robot), _typed(LoopSettings, cfg.loop), train_cfg, model_cfg,
         _typed(AgentConfig, cfg.agent), to_dataclass(FrameDiffConfig, cfg.frame_diff),
-        config_snapshot=OmegaConf.to_container(cfg, resolve=True),
+        config_snapshot=OmegaConf.to_container(cfg, resolve=True), init=init,
     )
 
 
@@ -67,6 +82,7 @@ def print_summary(s: dict[str, Any]) -> None:
         ("positive rate this run", f(s["positive_rate_this_run"])),
         ("object-hit rate, model proposals (sim GT)", f(s["hit_rate_model_proposals_gt"])),
         ("object-hit rate, exploration / cold start (sim GT)", f(s["hit_rate_exploration_gt"])),
+        ("started from (learner.init)", s.get("init") or "-"),
         ("model version / train steps / train s", f"v{s['model_version']} / {s['train_steps']} / {s['train_seconds']:.0f}"),
     ]
     for k, v in s["eval"].items():

@@ -9,6 +9,11 @@ Four rules, none of them uses simulator ground truth (the first three read the r
   depth says nothing about the table. Objects lower than the gate (a sheet of paper) cannot be seen
   by this rule; 5 mm is the plane fit's inlier distance, a few times a RealSense's depth noise at
   tabletop range (val: 3, 5 and 8 mm gave the same AP50 within 0.005, 12 mm lost 0.02).
+- **off-support region** (`support_region`, ProposalConfig.support_region): masks are cut to the
+  image region over the support plane's extent (`learner.proposals.plane.support_region`: points
+  up to 30 cm above the plane whose foot lies in the hull of its largest inlier patch, plus enclosed
+  depth holes) and seeds outside it are dropped, so walls, the floor past the table edge, the
+  background and a missing-depth band at the image border never yield a hypothesis.
 - **depth-edge cut**: a mask that crosses a depth discontinuity (a neighbouring pixel nearer to the
   camera by `jump_m` or more: an object in front of, or on top of, another) is cut along it before
   the largest-component rule, so it keeps one side (UOIS-Net's depth-first idea: objects are
@@ -36,6 +41,7 @@ import numpy as np
 
 from learner.proposals.config import check_contested_overlap
 from learner.proposals.mask_sets import intersection_counts
+from learner.proposals.plane import support_region
 
 # depth is quantised to whole millimetres (uint16 sensors, the sim camera): a jump counts from
 # jump_m - this, so that float rounding (torch vs numpy input paths) cannot flip a 20 mm step
@@ -55,6 +61,16 @@ def table_pixels(height_m: np.ndarray, valid: np.ndarray, gate_m: float | None) 
     if not np.any(h[v] != 0):
         return None
     return v & (h <= np.float32(gate_m))
+
+
+def off_support_pixels(height_m: np.ndarray, valid: np.ndarray, xyz_m: np.ndarray,
+                       on: bool) -> np.ndarray | None:
+    """(H, W) bool: pixels outside the support region (`learner.proposals.plane.support_region`;
+    height_m, valid, xyz_m as there), or None when the rule is off or no plane was found."""
+    if not on:
+        return None
+    region = support_region(height_m, valid, xyz_m)
+    return None if region is None else ~region
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -178,7 +194,7 @@ def _cut_at_edges(m: np.ndarray, edges: DepthEdges) -> np.ndarray:
 
 def clean_mask(mask: np.ndarray, table: np.ndarray | None, keep_largest: bool,
                edges: DepthEdges | None = None) -> np.ndarray:
-    """Apply the table gate (table: same-shape bool, or None), the depth-edge cut (edges of the same
+    """Apply the table gate (table: same-shape bool, or None; the off-support pixels are merged into it), the depth-edge cut (edges of the same
     shape, or None; only together with keep_largest) and the largest-component rule."""
     m = np.asarray(mask, bool)
     if table is not None:

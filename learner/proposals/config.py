@@ -21,7 +21,7 @@ PROPOSAL_SCORES = ("mask", "objectness_x_mask")
 # depth-edge cut and the contested-pixel rule existed)
 LEGACY_CARD_DEFAULTS: dict[str, Any] = {"table_gate_m": None, "largest_component": False,
                                         "score": "objectness_x_mask", "depth_edge_m": None,
-                                        "contested_overlap": None}
+                                        "contested_overlap": None, "support_region": False}
 
 
 @dataclass
@@ -43,6 +43,9 @@ class ProposalConfig:
       largest_component).
     contested_overlap: two kept masks sharing fewer than this share of the smaller one's pixels both
       lose the shared strip (None: off). Chosen on val (docs/benchmarks.md "Contested pixels").
+    support_region: cut masks to the image region over the support plane's extent and drop seeds
+      outside it (`learner.proposals.plane.support_region`): walls, the floor past the table edge,
+      the background and missing depth joined to the image border never yield a hypothesis.
     """
 
     max_hypotheses: int = 20
@@ -56,6 +59,7 @@ class ProposalConfig:
     score: str = "mask"
     depth_edge_m: float | None = 0.02
     contested_overlap: float | None = 0.25
+    support_region: bool = True
 
     @property
     def seeds(self) -> int:
@@ -80,6 +84,8 @@ class ProposalConfig:
             raise ValueError(f"proposals.depth_edge_m must be null or in (0, 0.5] metres, got {self.depth_edge_m}")
         if self.contested_overlap is not None:
             check_contested_overlap(self.contested_overlap)
+        if not isinstance(self.support_region, bool):
+            raise ValueError(f"proposals.support_region must be true or false, got {self.support_region!r}")
         if self.score not in PROPOSAL_SCORES:
             raise ValueError(f"proposals.score must be one of {PROPOSAL_SCORES}, got {self.score!r}")
         return self
@@ -157,6 +163,8 @@ def add_proposal_args(parser: argparse.ArgumentParser, defaults: ProposalConfig 
                    help="cut masks along depth steps of at least M metres (0 or negative: off)")
     g.add_argument("--contested", type=_share_or_off, default=d.contested_overlap, metavar="SHARE",
                    help="contested-pixel overlap share in (0, 1] (0 or negative: off)")
+    g.add_argument("--no-support-region", action="store_true", default=not d.support_region,
+                   help="let masks and seeds lie off the support plane's extent (walls, floor, border band)")
 
 
 # ProposalConfig field -> (argparse dest, dest value -> field value)
@@ -165,6 +173,7 @@ _ARGS: dict[str, tuple[str, Any]] = {
     "nms_iou": ("nms_iou", None), "mask_threshold": ("mask_threshold", None), "min_area": ("min_area", None),
     "table_gate_m": ("table_gate", None), "largest_component": ("no_largest_component", lambda v: not v),
     "score": ("score", None), "depth_edge_m": ("depth_edge", None), "contested_overlap": ("contested", None),
+    "support_region": ("no_support_region", lambda v: not v),
 }
 
 

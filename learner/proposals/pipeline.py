@@ -11,7 +11,9 @@ Every caller goes through `propose`: the agent, evaluation, the benchmarks, the 
    exceed the threshold is upsampled (exact: a bilinear value is a convex combination of its 4
    source cells). Latent models can decode every seed with its own prior sample;
 3. clean-up (`learner.proposals.cleaning`): pixels within table_gate_m of the support plane (input
-   channel 7) are removed, the mask is cut along depth steps of at least depth_edge_m (from the input's
+   channel 7) and, with support_region, pixels off the support plane's extent (walls, floor, the
+   background, missing depth joined to the image border; seeds there were dropped in step 1) are
+   removed, the mask is cut along depth steps of at least depth_edge_m (from the input's
    z channel), then only the largest 4-connected component is kept;
 4. score = mean mask probability inside the mask ("mask"), or that times the mean objectness
    probability ("objectness_x_mask"); masks smaller than min_area dropped;
@@ -34,7 +36,14 @@ import cv2
 import numpy as np
 
 from learner.proposals.blas import single_thread_blas
-from learner.proposals.cleaning import DepthEdges, clean_mask, contested_pairs, depth_edges, table_pixels
+from learner.proposals.cleaning import (
+    DepthEdges,
+    clean_mask,
+    contested_pairs,
+    depth_edges,
+    off_support_pixels,
+    table_pixels,
+)
 from learner.proposals.config import ProposalConfig
 from learner.proposals.frame import InputSpec, bilinear, linear_coeffs, nearest_exact_index
 
@@ -81,7 +90,11 @@ def propose(
     spec = spec or InputSpec()
     H, W = int(x.shape[-2]), int(x.shape[-1])
     valid = x[0, 6] > 0.5
-    table = table_pixels(x[0, 7] * np.float32(spec.height_scale_m), valid, cfg.table_gate_m)
+    height = x[0, 7] * np.float32(spec.height_scale_m)
+    table = table_pixels(height, valid, cfg.table_gate_m)
+    off = off_support_pixels(height, valid, x[0, 3:6] * np.float32(spec.xyz_scale_m), cfg.support_region)
+    if off is not None:
+        table = off if table is None else (table | off)
     edges = depth_edges(x[0, 5] * np.float32(spec.xyz_scale_m), valid, cfg.depth_edge_m) \
         if cfg.largest_component else None
     lat = None
@@ -91,7 +104,7 @@ def propose(
         lat = (heads["prior_logvar"], latent[0], latent[1])
     out_hw = (H, W) if output_size is None else (int(output_size[0]), int(output_size[1]))
     masks, scores, pts, n_seeds = propose_from_heads(
-        heads["objectness"], heads["features"], heads["kernels"], (H, W), head, cfg, out_hw, table, edges, lat)
+        heads["objectness"], heads["features"], heads["kernels"], (H, W), head, cfg, out_hw, table, edges, lat, off)
     if out_hw != (H, W):
         pts = pts.copy()
         pts[:, 0] = (pts[:, 0] + 0.5) * (out_hw[1] / W) - 0.5
@@ -351,12 +364,15 @@ def propose_from_heads(
     table: np.ndarray | None,
     edges: DepthEdges | None,
     latent: tuple[np.ndarray, np.ndarray, np.random.Generator] | None = None,
+    off_support: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Steps 1-7 of the module docstring on the heads ((1,)1,h,w / (1,)D,h,w / (1,)Kp,h,w) of one
     image. image_size: the network input size (H,W). table / edges: the table pixels and depth
     discontinuities at that size (None: no gate / no cut). Returns masks (N,H',W') bool at
     output_size, scores (N,) float32, seed points (N,2) in network-input pixels and the number of
-    seeds. latent: (prior log-variance map ((1,)Z,h,w), weight (Kp,Z), rng) or None (prior mean)."""
+    seeds. latent: (prior log-variance map ((1,)Z,h,w), weight (Kp,Z), rng) or None (prior mean).
+    off_support: (H, W) bool pixels off the support region (None: none); seeds there are dropped
+    (the masks lose them through `table`)."""
     dyn_hidden, coord_scale = head.dyn_hidden, head.coord_scale
     max_hypotheses, objectness_threshold, nms_iou = cfg.max_hypotheses, cfg.objectness_threshold, cfg.nms_iou
     mask_threshold, min_area, largest_component = cfg.mask_threshold, cfg.min_area, cfg.largest_component
@@ -368,6 +384,10 @@ def propose_from_heads(
     out_size = (int(output_size[0]), int(output_size[1]))
     n_seeds = cfg.seeds
     pts, _ = find_seeds(obj, objectness_threshold, n_seeds, (H, W))
+    if off_support is not None and pts.shape[0]:
+        pu = np.clip(np.rint(pts[:, 0]).astype(np.int64), 0, W - 1)
+        pv = np.clip(np.rint(pts[:, 1]).astype(np.int64), 0, H - 1)
+        pts = pts[~off_support[pv, pu]]
     empty = (np.zeros((0, *out_size), bool), np.zeros(0, np.float32), np.zeros((0, 2), np.float32))
     if pts.shape[0] == 0:
         return (*empty, 0)

@@ -148,7 +148,7 @@ class SupportRuleConfig:
     stand_min_m: float = 0.01  # a standing point is this far above the plane ...
     stand_max_m: float = 0.3  # ... and at most this far (objects, not the table above the floor)
     hull_margin_m: float = 0.02  # a foot this far outside the inlier hull still stands on it
-    tie_share: float = 0.8  # planes with >= this share of the best standing count: the nearest wins
+    tie_share: float = 0.5  # planes with >= this share of the best standing count: the nearest wins
 
 
 @dataclass
@@ -206,22 +206,19 @@ def plane_basis(n: np.ndarray) -> np.ndarray:
 
 
 def convex_hull_2d(pts: np.ndarray) -> np.ndarray | None:
-    """(k, 2) counter-clockwise convex hull of 2D points (monotone chain), None for < 3 points."""
-    p = np.unique(np.asarray(pts, np.float64), axis=0)
+    """(k, 2) counter-clockwise convex hull of 2D points (float64), None for < 3 distinct points."""
+    import cv2  # OpenCV, as the rest of learner.proposals
+
+    p = np.asarray(pts, np.float32).reshape(-1, 2)
     if p.shape[0] < 3:
         return None
-
-    def half(q):
-        out: list[np.ndarray] = []
-        for x in q:
-            while len(out) >= 2 and np.cross(out[-1] - out[-2], x - out[-2]) <= 0:
-                out.pop()
-            out.append(x)
-        return out
-
-    lower, upper = half(p), half(p[::-1])
-    hull = np.asarray(lower[:-1] + upper[:-1])
-    return hull if hull.shape[0] >= 3 else None
+    hull = cv2.convexHull(p, clockwise=False).reshape(-1, 2).astype(np.float64)
+    if hull.shape[0] < 3:
+        return None
+    x, y = hull[:, 0], hull[:, 1]
+    if float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)) < 0:  # make it counter-clockwise
+        hull = hull[::-1].copy()
+    return hull
 
 
 def in_convex_hull(pts: np.ndarray, hull: np.ndarray, margin: float = 0.0) -> np.ndarray:
@@ -263,6 +260,42 @@ def _extent(pts: np.ndarray, inl: np.ndarray, n: np.ndarray, vv, uu, stride, sha
 
 def _orient(n: np.ndarray, d: float) -> tuple[np.ndarray, float]:
     return (-n, -d) if d < 0 else (n, d)
+
+
+def _choose_support(pts, vv, uu, stride, shape, planes, horizontal, rule: SupportRuleConfig) -> int:
+    """Step 4 of the module docstring: the index (into planes) of the support among the horizontal
+    candidate indices. A candidate whose own inliers mostly stand on another candidate (1-30 cm above
+    it, feet inside its extent: the top of a box or book on the table) is an object, not a support."""
+    ext = {int(i): _extent(pts, planes[i][2], planes[i][0], vv, uu, stride, shape) for i in horizontal}
+
+    def stands_on(j: int, sel: np.ndarray) -> np.ndarray:
+        n_j, d_j, _ = planes[j]
+        basis, hull = ext[j]
+        h = pts[sel] @ n_j + d_j
+        out = (h > rule.stand_min_m) & (h < rule.stand_max_m)
+        if hull is None:
+            return np.zeros_like(out)
+        if out.any():
+            out[out] = in_convex_hull(pts[sel][out] @ basis, hull, rule.hull_margin_m)
+        return out
+
+    objects = set()
+    for i in horizontal:
+        own = planes[i][2]
+        for j in horizontal:
+            if j != i and stands_on(int(j), own).mean() > 0.5:
+                objects.add(int(i))
+                break
+    cands = [int(i) for i in horizontal if int(i) not in objects] or [int(horizontal[0])]
+    # points of a found plane that is not an object top (another table, the floor, a wall) are not objects
+    on_plane = np.zeros(pts.shape[0], bool)
+    for k, (n_k, d_k, _) in enumerate(planes):
+        if k not in objects:
+            on_plane |= np.abs(pts @ n_k + d_k) < rule.seq_band_m
+    stand = np.asarray([float(stands_on(i, ~on_plane).sum()) for i in cands])
+    ok = stand >= rule.tie_share * stand.max() if stand.max() > 0 else np.ones(len(cands), bool)
+    ds = np.asarray([planes[i][1] for i in cands])
+    return cands[int(np.flatnonzero(ok)[int(np.argmin(ds[ok]))])]
 
 
 def find_support_plane(
@@ -334,20 +367,7 @@ def find_support_plane(
     elif horizontal.size == 1:
         best = int(horizontal[0])
     else:
-        stand = []
-        for i in horizontal:
-            n_i, d_i, inl_i = cand_list[i]
-            basis, hull = _extent(pts, inl_i, n_i, vv, uu, cfg.stride, d_img.shape)
-            h = pts @ n_i + d_i
-            cand = (h > rule.stand_min_m) & (h < rule.stand_max_m)
-            if hull is None or not cand.any():
-                stand.append(0)
-                continue
-            stand.append(int(in_convex_hull(pts[cand] @ basis, hull, rule.hull_margin_m).sum()))
-        stand_a = np.asarray(stand, np.float64)
-        ok = stand_a >= rule.tie_share * stand_a.max() if stand_a.max() > 0 else np.ones_like(stand_a, bool)
-        ds = np.asarray([cand_list[i][1] for i in horizontal])
-        best = int(horizontal[np.flatnonzero(ok)[int(np.argmin(ds[ok]))]])
+        best = _choose_support(pts, vv, uu, cfg.stride, d_img.shape, planes, horizontal, rule)
     n_b, d_b, inl_b = cand_list[best]
     basis, hull = _extent(pts, inl_b, n_b, vv, uu, cfg.stride, d_img.shape)
     return SupportPlane(np.asarray(n_b), float(d_b), up_v, "dominant" if best == 0 else "support",
@@ -448,3 +468,58 @@ def height_above_plane(depth: np.ndarray, K: np.ndarray, cfg: PlaneFitConfig | N
     d = np.where(np.isfinite(d) & (d >= cfg.min_depth_m) & (d <= cfg.max_depth_m), d, np.float32(0.0))
     sp = find_support_plane(d, K, cfg, camera_height_m=_POSE_PRIOR.get())
     return sp.height(d, np.asarray(K, np.float64))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool mask with every 4-connected region of its complement that does not touch the
+    image border added."""
+    import cv2  # OpenCV, as the rest of learner.proposals
+
+    m = np.asarray(mask, bool)
+    n, lab = cv2.connectedComponents((~m).astype(np.uint8), connectivity=4)
+    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    outside = np.isin(lab, border) & ~m
+    return ~outside
+
+
+def support_region(height_m: np.ndarray, valid: np.ndarray, xyz_m: np.ndarray,
+                   inlier_m: float = 0.01, below_m: float = 0.02, above_m: float = 0.295,
+                   margin_m: float = 0.02) -> np.ndarray | None:
+    """(H, W) bool: the image region over the support plane's extent, from the network input alone.
+
+    height_m: (H, W) height above the support plane (metres, input channel 7 unscaled; 0 where
+    missing); valid: (H, W) measured depth; xyz_m: (3, H, W) camera-frame points up to a constant
+    offset (the input's centred XYZ channels unscaled, metres). The support's extent is the convex
+    hull, in plane coordinates, of the largest 8-connected image patch of plane pixels
+    (|height| < inlier_m). A pixel is over the support when its point is between below_m under and
+    above_m over the plane (objects up to ~30 cm; the input clips heights at 0.3 m) and its foot on
+    the plane lies inside that hull grown by margin_m; then enclosed regions (depth holes on objects
+    or the table) are added, but missing depth connected to the image border (a sensor's border band,
+    the background beyond the table) is not. None when there is no plane (height all zero)."""
+    import cv2  # OpenCV, as the rest of learner.proposals
+
+    h = np.asarray(height_m, np.float32)
+    v = np.asarray(valid, bool)
+    if not np.any(h[v] != 0):
+        return None
+    inl = v & (np.abs(h) < inlier_m)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(inl.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return None
+    patch = lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    q = np.asarray(xyz_m, np.float64)
+    qp = q[:, patch].T  # (M, 3)
+    if qp.shape[0] < 3:
+        return None
+    c = qp.mean(axis=0)
+    sub = qp[:: max(1, qp.shape[0] // 5000)] - c
+    normal = np.linalg.svd(sub, full_matrices=False)[2][-1]
+    basis = plane_basis(normal / np.linalg.norm(normal))
+    hull = convex_hull_2d(qp @ basis)
+    if hull is None:
+        return None
+    cand = v & (h > -below_m) & (h < above_m)
+    over = np.zeros_like(v)
+    if cand.any():
+        over[cand] = in_convex_hull(q[:, cand].T @ basis, hull, margin_m)
+    return fill_holes(over)

@@ -236,6 +236,15 @@ class Trainer:
             self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
             torch.set_rng_state(ckpt["torch_rng"])
 
+    def start_from(self, model: PointSegmenter, model_version: int = 1) -> None:
+        """Initialise from a trained model (the loop's `learner.init`): its weights and architecture, a fresh
+        optimiser, step 0, and `model_version` (1: a trained model, so the loop acts on its proposals)."""
+        self.model = model
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.step = 0
+        self.model_version = int(model_version)
+        self.model.eval()
+
     # ---------------------------------------------------------------- batches
     def _augment(self, img: TrainImage) -> TrainImage:
         if self.cfg.flip and self.rng.random() < 0.5:
