@@ -371,10 +371,13 @@ def _markdown(index: int, rec: InteractionRecord) -> str:
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a metrics.jsonl (missing file: []; a torn last line or a non-object line is skipped)."""
     p = Path(path)
-    if not p.is_file():
-        return []
+    return _json_rows(p.read_bytes().splitlines()) if p.is_file() else []
+
+
+def _json_rows(lines: Iterable[bytes]) -> list[dict[str, Any]]:
+    """The JSON objects among metrics.jsonl lines (a torn or non-object line is skipped)."""
     out = []
-    for line in p.read_text().splitlines():
+    for line in lines:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -420,15 +423,7 @@ class MetricsTail:
             return []
         end = data.rfind(b"\n") + 1  # complete lines only: a line being written stays for next time
         self.offset += end
-        out = []
-        for line in data[:end].splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                out.append(row)
-        return out
+        return _json_rows(data[:end].splitlines())
 
 
 # ----------------------------------------------------------------------------- sinks

@@ -15,7 +15,7 @@ Run directory (Hydra's output directory):
 Running again on the same directory resumes: the log decides how many interactions are done (a
 record is either fully committed or not there), the rest comes from loop_state.json and the checkpoint.
 
-A fresh run directory may start from a trained model (`init`, `resolve_init`: a run directory, a .pt or an
+A fresh run directory may start from a trained model (`init`, `learner.loop.init_source.resolve_init`: a run directory, a .pt or an
 ONNX export's source checkpoint): its weights and architecture, a fresh optimiser, model version 1 (the
 agent acts on its proposals from the first interaction). The run writes its own checkpoint at once, so
 resuming never needs the source again, and a run directory that has a checkpoint ignores `init`.
@@ -39,16 +39,11 @@ from data.frame_diff import FrameDiffConfig
 from data.log import InteractionLog
 from data.schema import Label
 from learner.loop.agent import Agent, AgentConfig
+from learner.loop.init_source import InitSource
 from learner.loop.provenance import code_version
 from learner.loop.record import build_record
 from learner.model.backend import torch_segmenter
-from learner.model.checkpoint import (
-    CheckpointError,
-    model_from_checkpoint,
-    read_checkpoint,
-    resolve_checkpoint,
-)
-from learner.model.network import PointSegmenter, SegmenterConfig
+from learner.model.network import SegmenterConfig
 from learner.proposals.config import ProposalConfig
 from learner.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, log_source
 from robot.base import Robot
@@ -87,73 +82,6 @@ class LoopState:
     agent_rng: dict[str, Any] = field(default_factory=dict)
     robot: dict[str, Any] = field(default_factory=dict)
     init: dict[str, Any] = field(default_factory=dict)  # the `learner.init` source this run started from, if any
-
-
-@dataclass
-class InitSource:
-    """A trained model to start a fresh run from (`learner.init`), read and checked by `resolve_init`."""
-
-    given: str  # the path as the user gave it
-    checkpoint: Path  # the torch checkpoint the weights come from
-    kind: str  # resolve_checkpoint's kind, or "onnx_export_source"
-    model: PointSegmenter
-    meta: dict[str, Any] = field(default_factory=dict)  # the source's model_version / interactions / train steps
-
-
-# the files of an ONNX export (learner/deploy/runtime.py CARD_NAME, ONNX_NAME; not imported: the loop needs no onnx)
-_CARD_NAME, _ONNX_NAME = "model_card.json", "segmenter.onnx"
-
-
-def _export_source(p: Path) -> tuple[Path, int | None] | None:
-    """(the checkpoint an ONNX export was made from (its model card's training.source), the exported model
-    version); None if `p` is no export. CheckpointError when it is one but the card or its source is missing."""
-    if p.is_file() and p.suffix == ".onnx":
-        d = p.parent
-    elif p.is_file() and p.name == _CARD_NAME:
-        d = p.parent
-    elif p.is_dir() and ((p / _CARD_NAME).is_file() or (p / _ONNX_NAME).is_file()):
-        d = p
-    else:
-        return None
-    card_path = d / _CARD_NAME
-    no_finetune = (f"learner.init={p} is an ONNX export; an ONNX graph cannot be fine-tuned: learner.init needs the torch "
-                   "checkpoint it was exported from (a run directory, its checkpoints/last.pt or model/segmenter.pt)")
-    if not card_path.is_file():
-        raise CheckpointError(f"{no_finetune}, which the export's {card_path} names under training.source; "
-                              f"{card_path} is missing")
-    try:
-        card = json.loads(card_path.read_text())
-        src = card["training"]["source"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{no_finetune}; {card_path} does not name it (training.source: {e})") from None
-    if not src or not Path(src).exists():
-        raise CheckpointError(f"{no_finetune}; {card_path} names training.source = {src}, which does not exist")
-    version = (card.get("model") or {}).get("version")
-    return Path(src), None if version is None else int(version)
-
-
-def resolve_init(path: str | Path) -> InitSource:
-    """`learner.init`: a run directory, a checkpoint .pt (trainer checkpoint or the deployable
-    model/segmenter.pt) or an ONNX export directory (through its model card's training.source) -> the model.
-    CheckpointError (a ValueError) naming the path when it does not exist or is not a segmenter checkpoint."""
-    p = Path(path).expanduser()
-    try:
-        export = _export_source(p)
-        ckpt_path, kind = resolve_checkpoint(export[0] if export is not None else p)
-        ckpt = read_checkpoint(ckpt_path)
-        model = model_from_checkpoint(ckpt, ckpt_path)
-    except CheckpointError as e:
-        msg = str(e)
-        raise CheckpointError(msg if msg.startswith("learner.init") else f"learner.init={path}: {msg}") from None
-    meta = {key: int(ckpt[key]) for key in ("model_version", "interactions", "step", "train_steps")
-            if isinstance(ckpt.get(key), int | float)}
-    if export is not None:
-        kind = "onnx_export_source"
-        meta["exported_model_version"] = export[1]
-        if export[1] is not None and meta.get("model_version") not in (None, export[1]):
-            print(f"learner.init={path}: note: the export is model v{export[1]}, its source {ckpt_path} is now "
-                  f"v{meta['model_version']} (the run went on training); starting from the source as it is now")
-    return InitSource(str(path), ckpt_path.resolve(), kind, model, meta)
 
 
 def _atomic_json(path: Path, obj: Any) -> None:

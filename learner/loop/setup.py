@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from data.frame_diff import FrameDiffConfig
 from learner.loop.agent import AgentConfig
 from learner.loop.config import to_dataclass, validate
-from learner.loop.interactive import InitSource, InteractiveLoop, LoopSettings, resolve_init
+from learner.loop.init_source import InitSource, resolve_init
+from learner.loop.interactive import InteractiveLoop, LoopSettings
 from learner.model.network import SegmenterConfig
 from learner.train.trainer import CHECKPOINT_NAME, TrainConfig
 from robot.base import Robot
