@@ -352,7 +352,7 @@ def test_card_without_clean_up_keys_keeps_the_old_proposals(tiny, scenes, tmp_pa
     card_path = tmp_path / "old" / CARD_NAME
     card = json.loads(card_path.read_text())
     for k in ("table_gate_m", "largest_component", "score_description", "table_gate", "depth_edge_m",
-              "contested_overlap", "contested", "parameters"):
+              "contested_overlap", "contested", "parameters", "support_region"):
         card["proposals"].pop(k)
     card["proposals"]["score"] = "mean objectness probability in the mask x mean mask probability in the mask"
     card["proposals"]["objectness_threshold"] = 0.5
@@ -361,7 +361,7 @@ def test_card_without_clean_up_keys_keeps_the_old_proposals(tiny, scenes, tmp_pa
     old = ProposalConfig(objectness_threshold=0.5, **LEGACY_CARD_DEFAULTS)
     assert seg.proposals == old
     assert old.score == "objectness_x_mask" and old.table_gate_m is None and not old.largest_component
-    assert old.depth_edge_m is None and old.contested_overlap is None
+    assert old.depth_edge_m is None and old.contested_overlap is None and not old.support_region
     sc = _scene(scenes, 1)
     ts = torch_segmenter(tiny["model"], old, net_size=NET)
     _assert_same_instances(seg.predict(sc.rgb, sc.depth, sc.K), ts.predict(sc.rgb, sc.depth, sc.K))
