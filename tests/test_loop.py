@@ -116,6 +116,7 @@ def test_sigkill_then_restart_loses_nothing_committed(tmp_path):
         ("learner.tau=1.5", "learner.tau"),
         ("learner.model.latent_dim=-1", "learner.model.latent_dim"),
         ("agent.selection=greedy", "agent.selection"),
+        ("loop.eval_domain=mars", "loop.eval_domain"),
     ],
 )
 def test_bad_overrides_fail_clearly(tmp_path, override, needle):
@@ -231,4 +232,18 @@ def test_pretrain_recipe(tmp_path):
     assert f"python run_loop.py robot=sim learner.init={run}" in r.stdout
     cfg = (run / ".hydra" / "config.yaml").read_text()
     assert "domain: wide" in cfg and "interactions: 2\n" in cfg and "train_steps: 1\n" in cfg
+    assert "eval_domain: cross" in cfg  # the held-out scenes: evaluation-only objects in randomised cells
     assert checkpoint(run / "model" / "segmenter.pt")["model_version"] == 1
+
+
+def test_held_out_evaluation_on_cross_domain_scenes(tmp_path):
+    """loop.eval_domain=cross: the held-out scenes are randomised cells with evaluation-only objects,
+    exported next to (not over) the default cell's, and the evaluation row reports on them."""
+    run = tmp_path / "run"
+    r = run_loop(run, "loop.interactions=2", "loop.update_interval=2", "loop.train_steps=1", "loop.eval_domain=cross")
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((run / "eval_scenes_cross" / "meta.json").read_text())
+    assert meta["domain"] == "cross" and meta["split"] == "val"
+    assert not (run / "eval_scenes").exists()
+    ev = [m for m in metrics(run) if m["kind"] == "eval"]
+    assert len(ev) == 1 and 0.0 <= ev[0]["AP50"] <= 1.0

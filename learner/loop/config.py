@@ -92,6 +92,10 @@ def validate(cfg: Any) -> None:
     _check(loop.eval_interval >= 0, "loop.eval_interval", f"must be >= 0, got {loop.eval_interval}")
     _check(loop.eval_scenes >= 0, "loop.eval_scenes", f"must be >= 0, got {loop.eval_scenes}")
     _check(loop.eval_split in ("train", "val", "test"), "loop.eval_split", f"must be train/val/test, got {loop.eval_split!r}")
+    _check(loop.eval_domain in ("narrow", "wide", "cross"), "loop.eval_domain",
+           f"must be narrow/wide/cross, got {loop.eval_domain!r}")
+    _check(not (loop.eval_domain == "cross" and loop.eval_split == "train"), "loop.eval_split",
+           "the cross domain has only val and test halves (evaluation-only objects)")
     _check(loop.viz in ("none", "rerun"), "loop.viz", f"must be none or rerun, got {loop.viz!r}")
     if loop.viz == "rerun":  # fail at start, not after the first interaction
         from data.rerun_view import check_live_target, require_rerun

@@ -60,6 +60,9 @@ class LoopSettings:
     eval_interval: int = 100  # 0 = evaluate only at the end
     eval_scenes: int = 30
     eval_split: str = "val"
+    # the twin the held-out scenes come from: narrow (the default cell), wide (randomised cells) or cross
+    # (randomised cells with evaluation-only objects; sim/assets.py CROSS_SPLITS)
+    eval_domain: str = "narrow"
     seed: int = 0
     progress: bool = True
     # the proposals evaluated on the held-out scenes (the agent acts on AgentConfig.proposals)
@@ -184,7 +187,8 @@ class InteractiveLoop:
     def _eval_dir(self) -> Path | None:
         if self.loop.eval_scenes <= 0 or getattr(self.robot, "kind", "") != "sim":
             return None
-        d = self.run_dir / "eval_scenes"
+        domain = self.loop.eval_domain
+        d = self.run_dir / ("eval_scenes" if domain == "narrow" else f"eval_scenes_{domain}")
         if not (d / "instances_coco.json").exists():
             from sim.export_scenes import export_scenes
 
@@ -192,7 +196,8 @@ class InteractiveLoop:
                 import shutil
 
                 shutil.rmtree(d)
-            export_scenes(d, self.loop.eval_split, self.loop.eval_scenes, seed=1000 + self.loop.seed, progress=False)
+            export_scenes(d, self.loop.eval_split, self.loop.eval_scenes, seed=1000 + self.loop.seed, progress=False,
+                          domain=domain)
         return d
 
     def evaluate(self) -> dict[str, float]:
