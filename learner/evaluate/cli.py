@@ -27,9 +27,9 @@ from learner.proposals.config import add_proposal_args, from_args
 def _segmenter(model: str, args: argparse.Namespace, parser: argparse.ArgumentParser):
     """(Segmenter, default method name) for --model: an ONNX export directory or a torch checkpoint.
     Proposal options given on the command line override the card's (exports) or the defaults."""
-    if (Path(model) / "model_card.json").is_file() or model.endswith(".onnx"):
-        from learner.deploy.runtime import Segmenter
+    from learner.deploy.runtime import CARD_NAME, Segmenter
 
+    if (Path(model) / CARD_NAME).is_file() or model.endswith(".onnx"):
         seg = Segmenter.load(model, threads=2)
         seg.proposals = from_args(args, seg.proposals, parser)
         return seg, "oracle_onnx" if seg.card.get("training", {}).get("oracle") else "self-supervised_onnx"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from data.frame_diff import FrameDiffConfig
 from learner.loop.agent import AgentConfig
@@ -142,6 +142,15 @@ def validate(cfg: Any) -> None:
 
 
 def to_dataclass(cls: type, node: Any) -> Any:
-    """Build a plain dataclass from a config node, taking only the fields `cls` has."""
+    """Build a plain dataclass from a config node, taking only the fields `cls` has. Nested structured
+    nodes become their dataclasses (e.g. the ProposalConfig of `agent.proposals`), lists plain lists."""
     names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in dict(node).items() if k in names})
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, DictConfig):
+            return OmegaConf.to_object(v)
+        if isinstance(v, ListConfig):
+            return OmegaConf.to_container(v, resolve=True)
+        return v
+
+    return cls(**{k: plain(v) for k, v in dict(node).items() if k in names})

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from learner.deploy.runtime import CARD_NAME, ONNX_NAME  # no onnxruntime at import
 from learner.model.checkpoint import (
     CheckpointError,
     model_from_checkpoint,
@@ -28,8 +29,6 @@ class InitSource:
     meta: dict[str, Any] = field(default_factory=dict)  # the source's model_version / interactions / train steps
 
 
-# the files of an ONNX export (learner/deploy/runtime.py CARD_NAME, ONNX_NAME; not imported: the loop needs no onnx)
-_CARD_NAME, _ONNX_NAME = "model_card.json", "segmenter.onnx"
 
 
 def _export_source(p: Path) -> tuple[Path, int | None] | None:
@@ -37,13 +36,13 @@ def _export_source(p: Path) -> tuple[Path, int | None] | None:
     version); None if `p` is no export. CheckpointError when it is one but the card or its source is missing."""
     if p.is_file() and p.suffix == ".onnx":
         d = p.parent
-    elif p.is_file() and p.name == _CARD_NAME:
+    elif p.is_file() and p.name == CARD_NAME:
         d = p.parent
-    elif p.is_dir() and ((p / _CARD_NAME).is_file() or (p / _ONNX_NAME).is_file()):
+    elif p.is_dir() and ((p / CARD_NAME).is_file() or (p / ONNX_NAME).is_file()):
         d = p
     else:
         return None
-    card_path = d / _CARD_NAME
+    card_path = d / CARD_NAME
     no_finetune = (f"learner.init={p} is an ONNX export; an ONNX graph cannot be fine-tuned: learner.init needs the torch "
                    "checkpoint it was exported from (a run directory, its checkpoints/last.pt or model/segmenter.pt)")
     if not card_path.is_file():

@@ -26,7 +26,7 @@ def make_robot(node: Any) -> Robot:
     if node.kind == "franka":
         from robot.franka_robot import SETUP_HINT, FrankaConfig, FrankaRobot
 
-        cfg = to_dataclass(FrankaConfig, OmegaConf.to_container(node, resolve=True))  # plain lists, not ListConfig
+        cfg = to_dataclass(FrankaConfig, node)
         needed = {"pyrealsense2": "pyrealsense2"} | ({} if cfg.dry_run else {"franky": "franky-control"})
         missing = []
         for module, package in needed.items():
@@ -38,15 +38,6 @@ def make_robot(node: Any) -> Robot:
             raise ImportError(f"robot=franka needs {' and '.join(missing)}: {SETUP_HINT}")
         return FrankaRobot(cfg)
     raise ValueError(f"unknown robot.kind {node.kind!r}; expected sim or franka")
-
-
-def _typed(cls: type, node: Any) -> Any:
-    """The dataclass instance of a structured config node (nested dataclasses such as the
-    ProposalConfig of `agent.proposals` / `loop.proposals` included)."""
-    obj = OmegaConf.to_object(node)
-    if not isinstance(obj, cls):
-        raise TypeError(f"config node is a {type(obj).__name__}, expected {cls.__name__}")
-    return obj
 
 
 def init_source(cfg: DictConfig, run_dir: str | Path) -> InitSource | None:
@@ -68,8 +59,8 @@ def build_loop(cfg: DictConfig, run_dir: str) -> InteractiveLoop:
     train_cfg = to_dataclass(TrainConfig, cfg.learner)
     init = init_source(cfg, run_dir)
     return InteractiveLoop(
-        run_dir, make_robot(cfg.robot), _typed(LoopSettings, cfg.loop), train_cfg, model_cfg,
-        _typed(AgentConfig, cfg.agent), to_dataclass(FrameDiffConfig, cfg.frame_diff),
+        run_dir, make_robot(cfg.robot), to_dataclass(LoopSettings, cfg.loop), train_cfg, model_cfg,
+        to_dataclass(AgentConfig, cfg.agent), to_dataclass(FrameDiffConfig, cfg.frame_diff),
         config_snapshot=OmegaConf.to_container(cfg, resolve=True), init=init,
     )
 
