@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export a run directory / checkpoint to ONNX + model card")
     e.add_argument("src", help="run directory (model/segmenter.pt or checkpoints/last.pt) or a .pt file")
     e.add_argument("out", help="output directory")
-    e.add_argument("--size", type=_size, default=DEFAULT_SIZE_HW, help="network input HxW (default 240x320)")
+    e.add_argument("--size", type=_size, default=None,
+                   help="network input HxW (default: the resolution the model was trained at; "
+                        f"{DEFAULT_SIZE_HW[0]}x{DEFAULT_SIZE_HW[1]} for checkpoints that do not record it)")
     e.add_argument("--torchscript", action="store_true", help="also write segmenter.ts (traced)")
     e.add_argument("--no-mc-dropout", action="store_true",
                    help=f"do not write {MC_ONNX_NAME} (the graph the distributional predict modes sample with)")

@@ -326,7 +326,7 @@ def _load(src: str | Path) -> tuple[Any, dict[str, Any], Path, str]:
 def export(
     src: str | Path,
     out_dir: str | Path,
-    size_hw: tuple[int, int] = DEFAULT_SIZE_HW,
+    size_hw: tuple[int, int] | None = None,
     torchscript: bool = False,
     proposals: ProposalConfig | dict[str, Any] | None = None,
     check: bool = True,
@@ -338,11 +338,14 @@ def export(
     overrides of the defaults). check: compare onnxruntime with torch on a synthetic frame (fails
     above 1e-3). mc_dropout: also write the MC-dropout graph (segmenter_mc.onnx) used by the
     distributional predict modes. Raises DeployError (the message names the file or parameter)."""
+    from learner.model.checkpoint import trained_size
+
+    pcfg = proposal_config(proposals)
+    model, ckpt, ckpt_path, kind = _load(src)
+    size_hw = size_hw or trained_size(ckpt) or DEFAULT_SIZE_HW
     H, W = int(size_hw[0]), int(size_hw[1])
     if H < 16 or W < 16:
         raise DeployError(f"input size must be at least 16x16, got {H}x{W}")
-    pcfg = proposal_config(proposals)
-    model, ckpt, ckpt_path, kind = _load(src)
     cfg = model.config
     if int(cfg.in_channels) != IN_CHANNELS:
         raise DeployError(f"{ckpt_path}: the model takes {cfg.in_channels} input channels, the input builder "

@@ -36,11 +36,11 @@ def _segmenter(model: str, args: argparse.Namespace, parser: argparse.ArgumentPa
     import torch
 
     from learner.model.backend import torch_segmenter
-    from learner.model.checkpoint import load_model
+    from learner.model.checkpoint import load_model, trained_size
 
     torch.set_num_threads(2)
-    net, ckpt = load_model(model)
-    return torch_segmenter(net, from_args(args)), ("oracle_supervised_on_sim_GT" if ckpt.get("oracle") else "self-supervised")
+    net, ckpt = load_model(model)  # run at the resolution it was trained at, as its export would
+    return torch_segmenter(net, from_args(args), net_size=trained_size(ckpt)), ("oracle_supervised_on_sim_GT" if ckpt.get("oracle") else "self-supervised")
 
 
 def main(argv: list[str] | None = None) -> int:

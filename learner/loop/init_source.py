@@ -14,6 +14,7 @@ from learner.model.checkpoint import (
     model_from_checkpoint,
     read_checkpoint,
     resolve_checkpoint,
+    trained_size,
 )
 from learner.model.network import PointSegmenter
 
@@ -27,6 +28,7 @@ class InitSource:
     kind: str  # resolve_checkpoint's kind, or "onnx_export_source"
     model: PointSegmenter
     meta: dict[str, Any] = field(default_factory=dict)  # the source's model_version / interactions / train steps
+    input_size: tuple[int, int] | None = None  # (H, W) pixels it was trained at (None: not recorded)
 
 
 
@@ -80,4 +82,4 @@ def resolve_init(path: str | Path) -> InitSource:
         if export[1] is not None and meta.get("model_version") not in (None, export[1]):
             print(f"learner.init={path}: note: the export is model v{export[1]}, its source {ckpt_path} is now "
                   f"v{meta['model_version']} (the run went on training); starting from the source as it is now")
-    return InitSource(str(path), ckpt_path.resolve(), kind, model, meta)
+    return InitSource(str(path), ckpt_path.resolve(), kind, model, meta, trained_size(ckpt))

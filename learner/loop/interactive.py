@@ -141,7 +141,7 @@ class InteractiveLoop:
         wanted = self.trainer.model.config.to_dict()
         got = init.model.config.to_dict()
         differ = {k: {"config": wanted.get(k), "checkpoint": v} for k, v in got.items() if wanted.get(k) != v}
-        self.trainer.start_from(init.model, model_version=1)
+        self.trainer.start_from(init.model, model_version=1, input_size=init.input_size)
         self.state.model_version = self.trainer.model_version
         self.state.init = {"source": init.given, "checkpoint": str(init.checkpoint), "kind": init.kind,
                            "source_meta": init.meta, "at_interaction": self.state.interactions}
@@ -177,6 +177,7 @@ class InteractiveLoop:
             "model_version": self.trainer.model_version,
             "interactions": self.state.interactions,
             "train_steps": self.trainer.step,
+            "input_size": list(self.trainer.input_size) if self.trainer.input_size else None,
             "metrics": json.dumps(self.state.last_eval),
             "oracle": False,
         }, tmp)
@@ -212,7 +213,7 @@ class InteractiveLoop:
             b = evaluate_segmenter(DepthClusteringSegmenter().predict, d, double_pick=False, per_scene=False)
             self.state.baseline = {k: v for k, v in b.items() if isinstance(v, float)}
             self._metric({"kind": "baseline", "name": "depth_clustering", **self.state.baseline})
-        seg = torch_segmenter(self.trainer.model, self.loop.proposals)
+        seg = torch_segmenter(self.trainer.model, self.loop.proposals, net_size=self.trainer.input_size)
         from data.scene_io import list_scenes
         from learner.evaluate.preview import PREVIEW_NAME, PREVIEW_SCENES, write_preview
 
@@ -267,7 +268,8 @@ class InteractiveLoop:
 
     def _segmenter(self):
         """The current model (retrained in place) with the proposals the agent acts on."""
-        return torch_segmenter(self.trainer.model, self.agent.cfg.proposals, version=self.trainer.model_version)
+        return torch_segmenter(self.trainer.model, self.agent.cfg.proposals, net_size=self.trainer.input_size,
+                               version=self.trainer.model_version)
 
     def _confidence_fn(self):
         """p-confidence masks for grasp targets (Latent-MaskRCNN), when `agent.grasp_confidence_p` is set."""

@@ -54,6 +54,16 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint")
     return model.eval()
 
 
+def trained_size(ckpt: dict[str, Any]) -> tuple[int, int] | None:
+    """The (H, W) pixels of the images a checkpoint's model was trained on (None for checkpoints from before
+    it was recorded). Every caller runs the network at this size (frames of another size are resized with
+    consistent intrinsics), as the ONNX export does: objects keep the pixel scale the model learnt."""
+    size = ckpt.get("input_size")
+    if size is None or len(size) != 2:
+        return None
+    return int(size[0]), int(size[1])
+
+
 def load_model(path: str | Path) -> tuple[PointSegmenter, dict[str, Any]]:
     """(model in eval mode, checkpoint dict) of a run directory, checkpoint directory or .pt file."""
     p, _ = resolve_checkpoint(path)

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.label_propagation import PropagationConfig
+from learner.model.checkpoint import trained_size
 from learner.model.network import (
     PointSegmenter,
     SegmenterConfig,
@@ -194,6 +195,7 @@ class Trainer:
         self.step = 0
         self.model_version = 0  # bumped by every completed train() call
         self.train_seconds = 0.0
+        self.input_size: tuple[int, int] | None = None  # (H, W) pixels of the training images (checkpoint "input_size")
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -206,6 +208,7 @@ class Trainer:
             "step": self.step,
             "model_version": self.model_version,
             "train_seconds": self.train_seconds,
+            "input_size": list(self.input_size) if self.input_size else None,
             "oracle": self.oracle,
             "numpy_rng": json.dumps(self.rng.bit_generator.state),
             "torch_rng": torch.get_rng_state(),
@@ -227,6 +230,7 @@ class Trainer:
             self.model = build_model(SegmenterConfig.from_dict(ckpt["model_config"]))
             self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.model.load_state_dict(ckpt["model"])
+        self.input_size = trained_size(ckpt)
         if optimizer:
             self.opt.load_state_dict(ckpt["optimizer"])
             self.step = int(ckpt["step"])
@@ -236,10 +240,13 @@ class Trainer:
             self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
             torch.set_rng_state(ckpt["torch_rng"])
 
-    def start_from(self, model: PointSegmenter, model_version: int = 1) -> None:
+    def start_from(self, model: PointSegmenter, model_version: int = 1,
+                   input_size: tuple[int, int] | None = None) -> None:
         """Initialise from a trained model (the loop's `learner.init`): its weights and architecture, a fresh
-        optimiser, step 0, and `model_version` (1: a trained model, so the loop acts on its proposals)."""
+        optimiser, step 0, and `model_version` (1: a trained model, so the loop acts on its proposals);
+        input_size: the (H, W) it was trained at."""
         self.model = model
+        self.input_size = input_size
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.step = 0
         self.model_version = int(model_version)
@@ -304,6 +311,7 @@ class Trainer:
         """The loss of one batch (and, with `targets`, the consistency term on their strong views)."""
         cfg = self.cfg
         H, W = images[0].rgb.shape[:2]
+        self.input_size = (int(H), int(W))
         x = torch.from_numpy(np.concatenate([make_input(im.rgb, im.depth, im.K) for im in images]))
         out = self.model(self._jitter(x))
         terms: dict[str, torch.Tensor] = {}
