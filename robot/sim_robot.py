@@ -33,6 +33,9 @@ class SimRobotConfig:
     # light, sensor artefacts, object families; sim/randomization.py) or "cross" (randomised cells with
     # evaluation-only objects; split val/test). From run_loop: robot.domain=wide
     domain: str = "narrow"
+    # a named fixed cell (sim/randomization.py CELLS: the wide ranges narrowed to one set-up; needs domain
+    # wide or cross), "" = the domain's full ranges. From run_loop: robot.domain=wide robot.cell=side_kinect
+    cell: str = ""
 
 
 class SimRobot(Robot):
@@ -55,15 +58,19 @@ class SimRobot(Robot):
         if self.env is not None:
             return
         from sim.env import CameraConfig, InteractiveTabletopEnv, TabletopConfig
+        from sim.randomization import DomainConfig, cell_config
         from sim.scene import ClutterConfig
 
         c = self.cfg
+        if c.cell and c.domain == "narrow":
+            raise ValueError(f"robot.cell={c.cell} narrows the randomised ranges: it needs robot.domain=wide or cross")
         env_cfg = TabletopConfig(
             split=c.split,
             camera=CameraConfig(width=c.width, height=c.height, shadows=c.shadows),
             clutter=ClutterConfig(level=c.clutter),
             place=c.place,
             domain=c.domain,
+            randomization=cell_config(c.cell) if c.cell else DomainConfig(),
         )
         self.env = InteractiveTabletopEnv(env_cfg)
         self._needs_reset = True

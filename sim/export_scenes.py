@@ -27,6 +27,7 @@ from tqdm import tqdm
 from data.scene_io import Scene, write_coco, write_meta, write_scene
 from sim.assets import CROSS_PROCEDURAL_FAMILIES, CROSS_SPLITS, SPLIT_RANGES
 from sim.env import CameraConfig, InteractiveTabletopEnv, TabletopConfig
+from sim.randomization import DomainConfig, cell_config
 from sim.scene import CLUTTER_LEVELS, ClutterConfig
 
 # Seeds of the exported scenes are offset per split and domain so no two sets share a scene seed (the
@@ -39,10 +40,15 @@ LABEL_RULE = "instance ids of the objects on the table; 0 = table, floor, walls,
 def export_scenes(
     out: str | Path, split: str, n: int, clutter: str = "mixed", seed: int = 0, width: int | None = None,
     height: int | None = None, shadows: bool = False, progress: bool = True, domain: str = "narrow",
+    cell: str = "",
 ) -> list[str]:
-    """Render `n` scenes of `split` (of `domain`) into `out`; returns the scene ids."""
+    """Render `n` scenes of `split` (of `domain`; `cell`: a named fixed cell of sim/randomization.py CELLS,
+    wide or cross only) into `out`; returns the scene ids."""
     if domain not in DOMAIN_SEED_OFFSET:
         raise ValueError(f"unknown domain {domain!r}; expected one of {sorted(DOMAIN_SEED_OFFSET)}")
+    if cell and domain == "narrow":
+        raise ValueError(f"cell {cell!r} narrows the randomised ranges: it needs domain wide or cross")
+    randomization = cell_config(cell) if cell else DomainConfig()
     splits = sorted(CROSS_SPLITS) if domain == "cross" else sorted(SPLIT_RANGES)
     if split not in splits:
         raise ValueError(f"unknown split {split!r} for domain {domain!r}; expected one of {splits}")
@@ -60,7 +66,7 @@ def export_scenes(
     envs = {
         lvl: InteractiveTabletopEnv(
             TabletopConfig(split=split, camera=CameraConfig(width=width, height=height, shadows=shadows),
-                           clutter=ClutterConfig(level=lvl), domain=domain)
+                           clutter=ClutterConfig(level=lvl), domain=domain, randomization=randomization)
         )
         for lvl in levels
     }
@@ -76,7 +82,7 @@ def export_scenes(
         write_coco(out, ids)
         meta = {"split": split, "n": n, "clutter": clutter, "levels": levels, "seed": seed, "width": width,
                 "height": height, "shadows": shadows, "generator": "sim.export_scenes", "domain": domain,
-                "label": LABEL_RULE}
+                "label": LABEL_RULE, "cell": cell}
         if domain == "cross":
             meta["models"] = list(CROSS_SPLITS[split])
             meta["procedural_families"] = list(CROSS_PROCEDURAL_FAMILIES[split])
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test", choices=sorted(SPLIT_RANGES))
     ap.add_argument("--domain", default="narrow", choices=sorted(DOMAIN_SEED_OFFSET),
                     help="narrow (today's twin), wide (randomised cells), cross (evaluation-only objects; split val/test)")
+    ap.add_argument("--cell", default="", help="a named fixed cell (sim/randomization.py CELLS; wide or cross)")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--clutter", default="mixed", help="mixed (cycles sparse/cluttered/piled) or one level")
     ap.add_argument("--seed", type=int, default=0)
@@ -101,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shadows", action="store_true")
     a = ap.parse_args(argv)
     try:
-        ids = export_scenes(a.out, a.split, a.n, a.clutter, a.seed, a.width, a.height, a.shadows, domain=a.domain)
+        ids = export_scenes(a.out, a.split, a.n, a.clutter, a.seed, a.width, a.height, a.shadows, domain=a.domain,
+                            cell=a.cell)
     except (ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

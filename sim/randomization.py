@@ -246,6 +246,40 @@ class DomainConfig:
             raise ValueError("randomization.camera: distance must exceed 0.1 m and elevation lie in (0, 90) degrees")
 
 
+# ------------------------------------------------------------------------------------------ cells
+# A cell: one user's fixed set-up, i.e. the wide ranges narrowed to a corner of themselves (the camera,
+# table, light and sensor stay put; objects, clutter and per-capture noise still vary from scene to scene).
+# Used to show adaptation in a cell the pretraining did not centre on (`SimRobotConfig.cell`,
+# `sim.export_scenes --cell`). Names and values are documented in the README (sim twin section).
+
+
+def cell_config(name: str) -> DomainConfig:
+    """The DomainConfig of a named cell (`CELLS`); ValueError naming the known cells otherwise."""
+    if name not in CELLS:
+        raise ValueError(f"unknown cell {name!r}; expected one of {sorted(CELLS)}")
+    cfg = DomainConfig()
+    for group, values in CELLS[name].items():
+        for key, value in values.items():
+            if not hasattr(getattr(cfg, group), key):
+                raise ValueError(f"cell {name!r}: {group}.{key} is no field of the randomisation ranges")
+            setattr(getattr(cfg, group), key, value)
+    cfg.validate()
+    return cfg
+
+
+CELLS: dict[str, dict[str, dict]] = {
+    # a low side view from 1.05-1.1 m (wide: 0.4-1.2 m, 25-85 degrees, any yaw), a large round table,
+    # dim warm light, a Kinect-like sensor with its missing band on the left, room and furniture in view
+    "side_kinect": {
+        "camera": {"distance": (1.05, 1.1), "elevation_deg": (30.0, 34.0), "yaw_deg": (95.0, 100.0),
+                   "roll_deg": (-4.0, -2.0), "target_jitter_xy": 0.02},
+        "table": {"shapes": ("round",), "shape_weights": (1.0,), "radius": (0.7, 0.75)},
+        "light": {"ambient": (0.4, 0.45), "diffuse": (0.4, 0.5), "warmth": (0.8, 1.0)},
+        "depth": {"model_weights": (0.0, 1.0), "band_prob": 1.0, "band_sides": ("left",), "band_side_weights": (1.0,)},
+    },
+}
+
+
 # ------------------------------------------------------------------------------------ camera, light
 
 

@@ -506,3 +506,43 @@ def test_wide_env_passes_the_gymnasium_checker():
         check_env(env, skip_render_check=False)
     finally:
         env.close()
+
+
+# ------------------------------------------------------------------------------------ named cells
+
+
+def test_a_named_cell_pins_its_setup_and_stays_deterministic():
+    """robot.cell: the camera, table and sensor of every scene lie in the cell's narrow ranges, objects still
+    change between scenes, and a seed gives the same scene twice."""
+    from sim.randomization import CELLS, cell_config
+
+    c = CELLS["side_kinect"]
+    seen = []
+    for _ in range(2):
+        with SimRobot(SimRobotConfig(domain="wide", cell="side_kinect", clutter="sparse", width=W, height=H,
+                                     seed=4, interactions_per_scene=1)) as robot:
+            frames = []
+            for _scene in range(2):
+                frame = robot.get_observation()
+                info = robot.env.scene_info
+                cam = info["camera"]
+                assert c["camera"]["distance"][0] - 1e-6 <= cam["distance"] <= c["camera"]["distance"][1] + 1e-6
+                assert c["camera"]["elevation_deg"][0] - 1e-6 <= cam["elevation_deg"] <= c["camera"]["elevation_deg"][1] + 1e-6
+                assert info["table"]["shape"] == "round"
+                frames.append(frame)
+                robot._needs_reset = True  # next capture: a new scene of the same cell
+            assert not np.array_equal(frames[0].rgb, frames[1].rgb)
+            seen.append([_h(f.rgb) + _h(f.depth) for f in frames])
+    assert seen[0] == seen[1]
+    assert cell_config("side_kinect").depth.model_weights == (0.0, 1.0)
+    with pytest.raises(ValueError, match="unknown cell 'kitchen'"):
+        cell_config("kitchen")
+    with pytest.raises(ValueError, match="needs robot.domain=wide"):
+        SimRobot(SimRobotConfig(cell="side_kinect")).connect()
+
+
+def test_export_of_a_cell(tmp_path):
+    export_scenes(tmp_path / "c", "val", 2, domain="wide", cell="side_kinect", width=W, height=H, progress=False)
+    assert read_meta(tmp_path / "c")["cell"] == "side_kinect"
+    with pytest.raises(ValueError, match="needs domain wide or cross"):
+        export_scenes(tmp_path / "n", "val", 2, cell="side_kinect", progress=False)

@@ -108,6 +108,11 @@ def validate(cfg: Any) -> None:
         _check(cfg.robot.clutter in ("sparse", "cluttered", "piled"), "robot.clutter",
                f"must be sparse/cluttered/piled, got {cfg.robot.clutter!r}")
         _check(cfg.robot.split in ("train", "val", "test"), "robot.split", f"must be train/val/test, got {cfg.robot.split!r}")
+        if cfg.robot.cell:
+            from sim.randomization import CELLS
+
+            _check(cfg.robot.cell in CELLS, "robot.cell", f"must be one of {sorted(CELLS)} or empty, got {cfg.robot.cell!r}")
+            _check(cfg.robot.domain != "narrow", "robot.cell", "a cell narrows the randomised ranges: it needs robot.domain=wide")
         _check(cfg.robot.width % 16 == 0 and cfg.robot.height % 16 == 0, "robot.width/height",
                "must be multiples of 16 (network strides)")
     if cfg.robot.kind == "franka":

@@ -189,7 +189,9 @@ class InteractiveLoop:
         if self.loop.eval_scenes <= 0 or getattr(self.robot, "kind", "") != "sim":
             return None
         domain = self.loop.eval_domain
-        d = self.run_dir / ("eval_scenes" if domain == "narrow" else f"eval_scenes_{domain}")
+        # a robot in a named cell (robot.cell) is evaluated in that cell's randomised scenes (with held-out objects)
+        cell = getattr(getattr(self.robot, "cfg", None), "cell", "") if domain != "narrow" else ""
+        d = self.run_dir / ("eval_scenes" if domain == "narrow" else f"eval_scenes_{domain}{'_' + cell if cell else ''}")
         if not (d / "instances_coco.json").exists():
             from sim.export_scenes import export_scenes
 
@@ -198,7 +200,7 @@ class InteractiveLoop:
 
                 shutil.rmtree(d)
             export_scenes(d, self.loop.eval_split, self.loop.eval_scenes, seed=1000 + self.loop.seed, progress=False,
-                          domain=domain)
+                          domain=domain, cell=cell)
         return d
 
     def evaluate(self) -> dict[str, float]:
