@@ -99,3 +99,38 @@ def test_bench_curve_tiny_end_to_end(tmp_path):
     assert "| ours | 6 |" in (tmp_path / "curve" / "curve.md").read_text()
     with InteractionLog.open(tmp_path / "curve" / "interactions.zarr", "r") as log:
         assert len(log) == 6
+
+
+def test_bench_curve_wide_log_with_cross_columns_and_scaled_effort(tmp_path):
+    """A wide-domain log, the cross-domain test columns next to the in-domain ones, the steps of each model
+    from TrainingEffort (more records, more steps), and every model run at its training resolution."""
+    from learner.bench.curve import run
+    from learner.train.effort import TrainingEffort
+
+    tiny = SegmenterConfig(stem_width=8, widths=(16, 16, 32), depths=(1, 1, 1), fpn_width=16)
+    cross = tmp_path / "cross"
+    export_scenes(cross, "test", 2, domain="cross", width=320, height=240, progress=False)
+    effort = TrainingEffort(passes=1.0, min_steps=1, max_steps=3)
+    rows = run(tmp_path / "curve", [6, 18], steps=None, n_test=2, variants=["ours"], model_cfg=tiny, domain="wide",
+               cross_dir=cross, effort=effort)
+    ours = sorted((r for r in rows if r["variant"] == "ours"), key=lambda r: r["interactions"])
+    assert [r["steps"] for r in ours] == [1, 3]  # round(1 x 6 / 6) = 1, round(1 x 18 / 6) = 3
+    for r in rows:
+        assert 0.0 <= r["AP50"] <= 1.0 and 0.0 <= r["cross_AP50"] <= 1.0 and "cross_boundary_F" in r
+    md = (tmp_path / "curve" / "curve.md").read_text()
+    assert "cross AP50" in md and "| ours | 18 | 3 |" in md
+    ckpt = load_model(tmp_path / "curve" / "models" / "ours_18.pt")[1]
+    assert list(ckpt["input_size"]) == [240, 320]
+
+
+def test_training_effort_scales_with_the_log_and_rejects_bad_values():
+    from learner.train.effort import TrainingEffort
+
+    e = TrainingEffort()
+    assert e.steps(500, 6) == e.min_steps  # a small log still gets the full schedule
+    assert e.steps(2000, 6) == min(round(e.passes * 2000 / 6), e.max_steps) > e.steps(500, 6)
+    assert e.steps(10**6, 6) == e.max_steps
+    with pytest.raises(ValueError, match="passes must be > 0"):
+        TrainingEffort(passes=0).steps(10, 6)
+    with pytest.raises(ValueError, match="min_steps <= max_steps"):
+        TrainingEffort(min_steps=10, max_steps=5).steps(10, 6)

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 class TrainingEffort:
     """passes: sampled images per logged record; min_steps / max_steps: the clip (optimiser steps)."""
 
-    passes: float = 12.0
+    passes: float = 9.0
     min_steps: int = 1000
-    max_steps: int = 4000
+    max_steps: int = 3000
 
     def validate(self) -> None:
         if not self.passes > 0:
