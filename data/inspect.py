@@ -6,9 +6,12 @@
     python -m data.inspect PATH --show -1 [--out last.png]
     python -m data.inspect PATH --rerun out.rrd [--range 100:200]   # a Rerun recording (the `viz` extra)
     python -m data.inspect PATH --rerun [--range -50:]               # spawn / serve the viewer instead
+    python -m data.inspect PATH --verify [--json]     # decode every chunk: exit 1 if any is damaged
 
 PATH is a run directory containing `interactions.zarr`, or the `.zarr` log itself. Anything else is
-an error (exit code 2, nothing written).
+an error (exit code 2, nothing written). No mode ends in a traceback: a store or array that cannot be
+read prints one `inspect: error: ...` line naming the path (a damaged chunk: the array and records, see
+`--verify`), exit code 2.
 
 Summary: committed records; counts per label and per label_reason; positive rate by primitive, over
 time (~10 bins of consecutive records) and by model_version; mask area of positives (mean, median,
@@ -47,6 +50,12 @@ loop's live view). `--rerun` alone spawns the native viewer when there is a disp
 web viewer (`--web-port`, `--grpc-port`) and prints its address until Ctrl-C. Without rerun-sdk
 it says which extra installs it (exit code 2).
 
+`--verify`: decodes every chunk holding committed rows of every array (`InteractionLog.verify`) and
+prints one line per chunk that cannot be decoded (array, records, the decoder's error), then a summary
+line: `verify: ok ...` (exit code 0) or `verify: DAMAGED ...` naming the damaged arrays and the records
+affected (exit code 1). `--json`: the same as one JSON object. It only reads: damaged data is reported,
+never repaired or rewritten (training skips such records: learner/train/data.py LogSource).
+
 Safe while the loop is appending: the log is opened read-only, the committed count is taken once at
 the start and every read stays below it (records appended meanwhile are not in the report), and
 the store is never modified.
@@ -68,7 +77,7 @@ from typing import Any
 
 import numpy as np
 
-from data.log import InteractionLog, LogFormatError
+from data.log import InteractionLog, LogFormatError, VerifyResult, format_indices
 from data.rerun_view import metrics_by_interaction, read_metrics
 from data.schema import Label
 
@@ -139,6 +148,45 @@ def open_log(path: str | os.PathLike) -> InteractionLog:
         raise InspectError(
             f"{path}: neither a run directory containing interactions.zarr nor a usable interaction log ({e})"
         ) from None
+    except OSError as e:  # permissions, I/O errors
+        raise InspectError(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def verify_json(v: VerifyResult, path: Path) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "ok": not v.damage,
+        "records": v.records,
+        "hypothesis_rows": v.hypothesis_rows,
+        "chunks": v.chunks,
+        "damaged_records": list(v.damaged_records),
+        "damaged": [{"array": d.array, "rows": list(d.rows), "records": list(d.records),
+                     "owners_known": d.owners_known, "error": d.error} for d in v.damage],  # fmt: skip
+    }
+
+
+def verify_text(v: VerifyResult, path: Path) -> str:
+    """One line per damaged chunk, then the summary line."""
+    lines = [f"damaged chunk: array {d.array!r}, {d.where()}: {d.error}" for d in v.damage]
+    chunks = f"{sum(v.chunks.values())} chunks in {len(v.chunks)} arrays"
+    if not v.damage:
+        lines.append(f"verify: ok: every chunk of the {v.records} committed records decodes ({chunks}); {path}")
+    else:
+        arrays = ", ".join(dict.fromkeys(d.array for d in v.damage))
+        recs = v.damaged_records
+        lines.append(f"verify: DAMAGED: {len(v.damage)} of {chunks} cannot be decoded, in {arrays}; records affected: "
+                     f"{format_indices(recs) or 'unknown'} ({len(recs)} of {v.records}); {path} (nothing was changed)")
+    return "\n".join(lines) + "\n"
+
+
+def run_verify(log: InteractionLog, as_json: bool) -> int:
+    v = log.verify()
+    sys.stdout.write(to_json(verify_json(v, log.path)) + "\n" if as_json else verify_text(v, log.path))
+    sys.stdout.flush()
+    return 1 if v.damage else 0
 
 
 # ----------------------------------------------------------------------------- summary
@@ -940,6 +988,8 @@ def run(args: argparse.Namespace) -> int:
         raise InspectError("--out is only used with --show")
     if args.range is not None and args.rerun is None:
         raise InspectError("--range is only used with --rerun")
+    if args.verify and (args.html is not None or args.show is not None or args.rerun is not None):
+        raise InspectError("--verify runs alone (with --json at most), not with --html, --show or --rerun")
     if args.rerun is not None:
         from data.rerun_view import RerunUnavailable, require_rerun
 
@@ -949,6 +999,8 @@ def run(args: argparse.Namespace) -> int:
             raise InspectError(f"--rerun: {e}") from None
 
     with open_log(args.path) as log:
+        if args.verify:
+            return run_verify(log, args.json)
         n = log.refresh()  # the snapshot: every read below stays under this count
         show_index = None
         if args.show is not None:
@@ -1048,7 +1100,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m data.inspect",
         description="Summarise an interaction log, write an HTML report, render one interaction, or view it in Rerun.",
-        epilog="Exit codes: 0 ok, 2 bad arguments / not a log / index out of range.",
+        epilog="Exit codes: 0 ok, 1 --verify found damaged chunks, 2 bad arguments / not a log / unreadable "
+               "store / index out of range.",
     )
     ap.add_argument("path", help="run directory containing interactions.zarr, or the .zarr log itself")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -1067,6 +1120,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--range", metavar="A:B", help="records for --rerun (slice bounds, e.g. 100:200 or -50:)")
     ap.add_argument("--grpc-port", type=int, default=9876, help="--rerun without a file: viewer gRPC port")
     ap.add_argument("--web-port", type=int, default=9090, help="--rerun without a file: web viewer port")
+    ap.add_argument("--verify", action="store_true",
+                    help="decode every chunk of every committed record; name damaged arrays and records (exit 1)")
     ap.add_argument("--mask-sample", type=int, default=DEFAULT_MASK_SAMPLE,
                     help="at most this many positive masks are read for the area statistics (0 = all)")  # fmt: skip
     return ap
@@ -1082,9 +1137,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except InspectError as e:
+    except (InspectError, LogFormatError) as e:  # LogFormatError: e.g. ChunkDamageError, naming array and records
         print(f"inspect: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - anything else the store throws: one line, never a traceback
+        print(f"inspect: error: {args.path}: cannot read it ({type(e).__name__}: {e})".splitlines()[0],
+              file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

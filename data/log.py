@@ -70,6 +70,16 @@ dies). Durability against power loss is not attempted (no fsync); process crashe
 A store whose `schema_version` is newer than `SCHEMA_VERSION`, or that lacks arrays / attributes,
 raises `LogFormatError` before anything is written (no repair is attempted).
 
+Damaged chunks (a chunk file truncated, emptied or garbled on disk, so its codec cannot decode it): a
+read that meets one raises `ChunkDamageError` (a `LogFormatError`) naming each undecodable array, its
+rows and the committed records they belong to, instead of the codec's anonymous error; every other
+record stays readable. `verify()` decodes every chunk of every committed row and returns the damage
+(`python -m data.inspect RUN --verify`); it only reads. Opening a damaged log for appending fails with
+ChunkDamageError only when the writer needs the damaged chunk (the last, partial chunk of an array it
+appends to). Damaged data is never repaired or rewritten: the store cannot know the lost values. A
+chunk file that is missing reads as the fill value (zarr does not store all-fill chunks), and a
+corruption that still decodes (the codecs carry no checksum) is not detected.
+
 Not thread-safe: use one `InteractionLog` object per thread or process.
 """
 
@@ -85,7 +95,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import zarr
@@ -113,6 +123,7 @@ STRING_FIELDS = ("primitive", "label_reason", "robot_kind")
 MAX_VOCAB = 65535
 
 HYPOTHESIS_CHUNK_ROWS = 32
+VERIFY_BATCH_BYTES = 32 << 20  # verify() decodes this many raw bytes per read (a damaged read is re-done per chunk)
 GROW_RECORDS = 64
 GROW_HYPOTHESIS_ROWS = 1024
 
@@ -208,6 +219,84 @@ class LogFormatError(ValueError):
 
 class LogLockedError(RuntimeError):
     """Another process (or another InteractionLog object) holds the log open for writing."""
+
+
+def format_indices(indices: Any) -> str:
+    """Sorted, distinct indices as compact ranges: [0, 1, 2, 3, 7, 9, 10] -> '0-3, 7, 9-10'."""
+    values = sorted({int(i) for i in indices})
+    parts: list[str] = []
+    start = prev = None
+    for v in [*values, None]:
+        if prev is not None and v == prev + 1:
+            prev = v
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = v
+    return ", ".join(parts)
+
+
+def records_text(indices: Any) -> str:
+    """'record 3' / 'records 0-15, 18'."""
+    n = len({int(i) for i in indices})
+    return f"record{'s' if n > 1 else ''} {format_indices(indices)}"
+
+
+def _error_text(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+@dataclass(frozen=True)
+class ChunkDamage:
+    """One chunk of an array that cannot be decoded (its file truncated, emptied or garbled on disk)."""
+
+    array: str
+    rows: tuple[int, int]  # [start, stop): the committed rows of the array in that chunk
+    records: tuple[int, ...]  # the committed records owning those rows (hypotheses: those record_i64 names)
+    error: str  # the decoder's message
+    owners_known: bool = True  # False: some rows' owners are in record_i64 chunks that cannot be read either
+
+    def where(self) -> str:
+        recs = records_text(self.records) if self.records else ""
+        if not self.owners_known:
+            recs = f"{recs} and records unknown (record_i64 damaged)" if recs else "records unknown (record_i64 damaged)"
+        if self.array == "hypotheses":
+            return f"hypothesis rows {self.rows[0]}-{self.rows[1] - 1} ({recs})"
+        return recs
+
+
+class ChunkDamageError(LogFormatError):
+    """A read met chunks that cannot be decoded; `damage` says which arrays, rows and records."""
+
+    def __init__(self, path: str | os.PathLike, damage: Sequence[ChunkDamage]) -> None:
+        self.path = Path(path)
+        self.damage = tuple(damage)
+        what = "; ".join(f"array {d.array!r}, {d.where()}: {d.error}" for d in self.damage)
+        super().__init__(f"{path}: damaged chunk, cannot decode {what} "
+                         f"(`python -m data.inspect {path} --verify` lists every damaged chunk)")  # fmt: skip
+
+    @property
+    def records(self) -> dict[str, tuple[int, ...]]:
+        """array -> the committed records whose rows in it cannot be decoded."""
+        out: dict[str, set[int]] = {}
+        for d in self.damage:
+            out.setdefault(d.array, set()).update(d.records)
+        return {a: tuple(sorted(r)) for a, r in out.items()}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What `InteractionLog.verify` decoded: committed records and hypothesis rows, chunks per array, damage."""
+
+    records: int
+    hypothesis_rows: int
+    chunks: dict[str, int]
+    damage: tuple[ChunkDamage, ...]
+
+    @property
+    def damaged_records(self) -> tuple[int, ...]:
+        return tuple(sorted({r for d in self.damage for r in d.records}))
 
 
 @dataclass(frozen=True)
@@ -353,6 +442,10 @@ def _unlock(fd: int | None) -> None:
             pass
 
 
+def _size_mismatch(path: Path, have: tuple[int, int], want: tuple[int, int]) -> str:
+    return f"{path} holds {have[0]}x{have[1]} images, not the requested {int(want[0])}x{int(want[1])}"
+
+
 def _open_group_readonly(path: Path) -> zarr.Group:
     if not path.exists():
         raise FileNotFoundError(f"no interaction log at {path}")
@@ -410,6 +503,8 @@ def _validate(group: zarr.Group, path: Path) -> tuple[_Meta, dict[str, zarr.Arra
             arr = group[name]
         except KeyError:
             raise LogFormatError(f"{path}: array {name!r} is missing") from None
+        except Exception as e:  # zarr raises various types for malformed array metadata
+            raise LogFormatError(f"{path}: array {name!r} cannot be opened ({_error_text(e)})") from None
         if not isinstance(arr, zarr.Array):
             raise LogFormatError(f"{path}: {name!r} is not an array")
         if arr.dtype != spec.dtype or tuple(arr.shape[1:]) != spec.row_shape:
@@ -425,13 +520,16 @@ def _validate(group: zarr.Group, path: Path) -> tuple[_Meta, dict[str, zarr.Arra
         if spec.columns is not None and tuple(arr.attrs.get("columns", ())) != spec.columns:
             raise LogFormatError(f"{path}: array {name!r} has unexpected columns attribute")
         arrays[name] = arr
-    if count:
-        last = np.asarray(arrays["record_i64"][count - 1])
+    try:
+        last = np.asarray(arrays["record_i64"][count - 1]) if count else None
+    except Exception:  # an undecodable chunk: reads name it (ChunkDamageError), a writer cannot open the log
+        last = None
+    if last is not None:
         if int(last[_I64["hypothesis_offset"]]) + int(last[_I64["hypothesis_count"]]) != hyp_rows:
             raise LogFormatError(
                 f"{path}: last record's hypothesis rows do not end at committed_hypotheses={hyp_rows}: store damaged"
             )
-    elif hyp_rows:
+    elif hyp_rows and not count:
         raise LogFormatError(
             f"{path}: committed_hypotheses={hyp_rows} with no committed records: store damaged"
         )
@@ -598,11 +696,31 @@ class InteractionLog:
             obj = cls.open(path, mode="a")
             if (obj.height, obj.width) != (int(height), int(width)):
                 obj.close()
-                raise ValueError(
-                    f"{path} holds {obj.height}x{obj.width} images, not the requested {int(height)}x{int(width)}"
-                )
+                raise ValueError(_size_mismatch(path, (obj.height, obj.width), (height, width)))
             return obj
         return cls.create(path, height, width, **create_kwargs)
+
+    @classmethod
+    def check_appendable(cls, path: str | os.PathLike, height: int, width: int) -> None:
+        """Raise now what `open_or_create(path, height, width)` would raise for the log at `path`, writing nothing:
+        LogFormatError (not a usable log; ChunkDamageError: a chunk the writer reads back, an array's last
+        partial chunk, cannot be decoded), ValueError (other image size), LogLockedError (another writer).
+        Nothing at `path` (a log to be created) passes. The lock is taken and released at once, so a writer
+        starting in between is still refused by `open` itself."""
+        path = Path(path)
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+            return
+        with cls.open(path, "r") as log:
+            if (log.height, log.width) != (int(height), int(width)):
+                raise ValueError(_size_mismatch(path, (log.height, log.width), (height, width)))
+            damage = []
+            for name in log._specs:
+                end = log._committed_rows(name)
+                if end % int(log._arrays[name].chunks[0]):  # a partial last chunk: the writer reads it back
+                    damage += log._damage_in(name, [end - 1])
+            if damage:
+                raise ChunkDamageError(path, damage)
+        _unlock(_lock_dir(path))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -873,7 +991,14 @@ class InteractionLog:
         return out
 
     def _read_rows(self, names: list[str], idx: np.ndarray) -> dict[str, np.ndarray]:
-        """Rows `idx` of each named per-record array, one read per array (concurrent when contiguous)."""
+        """Rows `idx` of each named per-record array, one read per array (concurrent when contiguous).
+        ChunkDamageError if a chunk holding them cannot be decoded."""
+        try:
+            return self._read_rows_raw(names, idx)
+        except Exception as e:
+            self._raise_damage(e, [(n, idx) for n in names])
+
+    def _read_rows_raw(self, names: list[str], idx: np.ndarray) -> dict[str, np.ndarray]:
         if len(idx) == 0:
             return {n: np.zeros((0, *self._specs[n].row_shape), dtype=self._specs[n].dtype) for n in names}
         lo, hi = int(idx.min()), int(idx.max()) + 1
@@ -900,6 +1025,14 @@ class InteractionLog:
         return np.array(vocab, dtype=str)[codes]
 
     def _read_hypotheses(self, i64: np.ndarray) -> list[np.ndarray]:
+        try:
+            return self._read_hypotheses_raw(i64)
+        except Exception as e:
+            offs, cnts = i64[:, _I64["hypothesis_offset"]], i64[:, _I64["hypothesis_count"]]
+            rows = np.concatenate([np.arange(o, o + c) for o, c in zip(offs, cnts, strict=True)] + [np.zeros(0, int)])
+            self._raise_damage(e, [("hypotheses", rows)])
+
+    def _read_hypotheses_raw(self, i64: np.ndarray) -> list[np.ndarray]:
         offs = i64[:, _I64["hypothesis_offset"]]
         cnts = i64[:, _I64["hypothesis_count"]]
         empty = np.zeros((0, self.height, self.width), dtype=bool)
@@ -919,12 +1052,85 @@ class InteractionLog:
             pieces = [next(got) if c else None for c in cnts]
         return [self._unpack(p, int(c)) if c else empty for p, c in zip(pieces, cnts, strict=True)]
 
+    # ------------------------------------------------------------------ damaged chunks
+    def verify(self) -> VerifyResult:
+        """Decode every chunk that holds committed rows of every array; return what could not be decoded.
+
+        Read-only (safe while a writer appends: the committed count is taken once, at the start).
+        Reads up to VERIFY_BATCH_BYTES at a time and decodes the chunks of a failed read one by one.
+        """
+        self._check_open()
+        if self._mode == "r":
+            self.refresh()
+        damage: list[ChunkDamage] = []
+        chunks: dict[str, int] = {}
+        for name, spec in self._specs.items():
+            rows = self._committed_rows(name)
+            arr = self._array(name, rows)
+            c = int(arr.chunks[0])
+            chunks[name] = -(-rows // c)
+            row_bytes = spec.dtype.itemsize * int(np.prod(spec.row_shape))
+            step = c * max(1, VERIFY_BATCH_BYTES // (c * row_bytes))
+            for lo in range(0, rows, step):
+                try:
+                    np.asarray(arr[lo : min(lo + step, rows)])
+                except Exception:
+                    damage += self._damage_in(name, range(lo, min(lo + step, rows), c))
+        return VerifyResult(self._meta.count, self._meta.hyp_rows, chunks, tuple(damage))
+
+    def _committed_rows(self, name: str) -> int:
+        return self._meta.hyp_rows if self._specs[name].ragged else self._meta.count
+
+    def _damage_in(self, name: str, rows: Any) -> list[ChunkDamage]:
+        """The chunks of array `name` holding any of the committed `rows` that fail to decode (each read alone)."""
+        arr = self._arrays[name]
+        c = int(arr.chunks[0])
+        limit = min(self._committed_rows(name), arr.shape[0])
+        out = []
+        for k in np.unique(np.asarray(rows, dtype=np.int64) // c):
+            lo, hi = int(k) * c, min(int(k) * c + c, limit)
+            if hi <= lo:
+                continue
+            try:
+                np.asarray(arr[lo:hi])
+            except Exception as e:
+                owners, known = self._hypothesis_owners(lo, hi) if name == "hypotheses" else (tuple(range(lo, hi)), True)
+                out.append(ChunkDamage(name, (lo, hi), owners, _error_text(e), known))
+        return out
+
+    def _hypothesis_owners(self, lo: int, hi: int) -> tuple[tuple[int, ...], bool]:
+        """Committed records whose hypothesis rows meet [lo, hi), and whether all their record_i64 rows decoded."""
+        i64 = self._arrays["record_i64"]
+        c, n = int(i64.chunks[0]), min(self._meta.count, i64.shape[0])
+        owners: list[int] = []
+        known = True
+        for start in range(0, n, c):
+            try:
+                rows = np.asarray(i64[start : min(start + c, n)])
+            except Exception:
+                known = False
+                continue
+            off, cnt = rows[:, _I64["hypothesis_offset"]], rows[:, _I64["hypothesis_count"]]
+            owners += (start + np.flatnonzero((cnt > 0) & (off < hi) & (off + cnt > lo))).tolist()
+        return tuple(owners), known
+
+    def _raise_damage(self, error: Exception, reads: Sequence[tuple[str, Any]]) -> NoReturn:
+        """Turn a failed read of (array, rows) pairs into ChunkDamageError naming the chunks that do not
+        decode; re-raise `error` itself when every chunk decodes alone (then it was not damage)."""
+        damage = [d for name, rows in reads for d in self._damage_in(name, rows)]
+        if not damage:
+            raise error
+        raise ChunkDamageError(self._path, damage) from error
+
     # ------------------------------------------------------------------ writing
     def _init_appenders(self) -> None:
         m = self._meta
         for name, spec in self._specs.items():
             end = m.hyp_rows if spec.ragged else m.count
-            self._appenders[name] = _TailAppender(self._arrays[name], spec, end)
+            try:
+                self._appenders[name] = _TailAppender(self._arrays[name], spec, end)
+            except Exception as e:  # the last, partial chunk the writer rewrites cannot be decoded
+                self._raise_damage(e, [(name, [end - 1])])
 
     def _ensure_capacity(self, name: str, rows: int) -> None:
         arr = self._arrays[name]
@@ -1027,7 +1233,10 @@ class InteractionLog:
         start = rows - rows % chunk
         if rows > start:
             stop = min(start + chunk, shape0)
-            block = np.asarray(arr[start:stop])
+            try:
+                block = np.asarray(arr[start:stop])
+            except Exception as e:
+                self._raise_damage(e, [(name, [start])])
             block[rows - start :] = spec.fill
             arr[start:stop] = block
         arr.resize((rows, *spec.row_shape))
@@ -1055,6 +1264,11 @@ class InteractionLog:
 
 __all__ = [
     "FIELD_NAMES",
+    "ChunkDamage",
+    "ChunkDamageError",
+    "VerifyResult",
+    "format_indices",
+    "records_text",
     "FORMAT_NAME",
     "SCHEMA_VERSION",
     "InteractionLog",

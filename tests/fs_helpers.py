@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 
@@ -14,3 +15,10 @@ def tree_hash(path: Path) -> str:
         if p.is_file():
             h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def fresh_copy(src: Path, tmp_path: Path) -> Path:
+    """A copy of the directory `src` at tmp_path / src.name, for a test to change (damage, resume) on its own."""
+    out = tmp_path / src.name
+    shutil.copytree(src, out)
+    return out

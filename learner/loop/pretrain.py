@@ -25,6 +25,7 @@ import hydra
 from omegaconf import DictConfig
 
 from learner.loop.config import register_configs
+from learner.loop.setup import hydra_argv, run_app
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 # the recipe: overrides of configs/config.yaml; any override on the command line with the same key wins
@@ -61,25 +62,9 @@ def start_command(run_dir: str | Path) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _app(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from learner.loop.setup import build_loop, print_summary
-
-    run_dir = HydraConfig.get().runtime.output_dir
-    try:
-        loop = build_loop(cfg, run_dir)
-    except (ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        summary = loop.run()
-    except RuntimeError as e:
-        print(f"error: {type(e).__name__}: {e}\nevery committed interaction is safe in {loop.log_path}; "
-              "run the same command again to resume", file=sys.stderr)
-        sys.exit(1)
-    print_summary(summary)
+    loop = run_app(cfg)  # a rejected start exits 2, the run directory untouched (learner/loop/setup.py)
     print(f"\nPretrained model: {loop.model_path}\nStart a cell from it (its own run directory, learning on):\n"
-          f"  {start_command(run_dir)}")
+          f"  {start_command(loop.run_dir)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\nHydra's own help: --hydra-help; the composed config: --cfg job")
         return 0
     register_configs()
-    sys.argv = [sys.argv[0] if sys.argv else "pretrain", *pretrain_overrides(argv)]
+    sys.argv = hydra_argv([sys.argv[0] if sys.argv else "pretrain", *pretrain_overrides(argv)])
     _app()
     return 0

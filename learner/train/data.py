@@ -12,12 +12,16 @@ A `TrainImage` is one RGB-D frame with whatever is known about it:
 
 Sources:
 - `LogSource`: committed records of an interaction log (self-supervised: positives, negatives and
-  RISE pseudo-sequences pasted from an instance bank of good interaction masks).
+  RISE pseudo-sequences pasted from an instance bank of good interaction masks). Records with a chunk
+  that cannot be decoded (a damaged chunk file, `data.log.ChunkDamageError`) are skipped and reported
+  in one warning naming their indices and arrays (`skipped`); training goes on with the rest. If no
+  record of a non-empty log can be read, it raises `data.log.LogFormatError` (a ValueError) naming the log.
 - `SceneSource`: exported scenes with ground-truth labels — ONLY for the supervised oracle baseline.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +30,14 @@ from scipy import ndimage
 
 from data.geometry import height_above_table
 from data.label_propagation import PropagationConfig, propagate_masks
-from data.log import InteractionLog
+from data.log import ChunkDamageError, InteractionLog, LogFormatError, records_text
 from data.schema import Label
 from learner.train.pseudo_sequences import InstanceBank, cutout_from_interaction, make_pseudo_sequence
+
+_logger = logging.getLogger(__name__)
+
+# what a training image needs of a record (not the hypotheses: a damaged hypothesis chunk costs training nothing)
+RECORD_FIELDS = ("rgb_before", "depth_before", "depth_after", "K", "camera_pose", "pixel", "mask", "label")
 
 
 @dataclass
@@ -83,24 +92,22 @@ class LogSource:
         self.label: list[int] = []
         self.bank = InstanceBank(capacity=bank_capacity)
         self._table_cache: dict[int, np.ndarray] = {}
+        self.skipped: dict[int, tuple[str, ...]] = {}  # record index -> arrays that cannot be decoded
         with InteractionLog.open(log_path, "r") as log:
             self.n_records = len(log) if limit is None else min(len(log), int(limit))  # the first `limit`
             for i in range(self.n_records):
-                r = log[i]
-                if r.label == Label.INVALID:
+                if i in self.skipped:  # named by an earlier record's error (a table chunk holds many records)
                     continue
-                positive = r.label == Label.POSITIVE and int(r.mask.sum()) >= min_mask_area
-                if r.label == Label.POSITIVE and not positive:
+                try:
+                    r = log.read_fields(RECORD_FIELDS, i)
+                except ChunkDamageError as e:
+                    for array, records in e.records.items():
+                        for k in (k for k in records if k < self.n_records):
+                            self.skipped[k] = tuple(sorted({*self.skipped.get(k, ()), array}))
+                    self.skipped.setdefault(i, tuple(sorted(e.records)))
                     continue
-                self.rgb.append(r.rgb_before)
-                self.depth.append(r.depth_before)
-                self.K.append(np.asarray(r.K, np.float64))
-                self.pose.append(np.asarray(r.camera_pose, np.float64))
-                self.pixel.append(np.asarray(r.pixel, np.float32))
-                self.mask.append(r.mask if positive else None)
-                self.label.append(int(r.label))
-                if positive:
-                    self.bank.add(cutout_from_interaction(r.rgb_before, r.depth_before, r.mask, r.depth_after, source=i))
+                self._add(i, r)
+        self._report_skipped(log_path)
         # masks of the same scene that are also valid in each frame (data/label_propagation.py);
         # without propagation a frame knows only its own interaction's mask
         if propagation is not None:
@@ -109,6 +116,40 @@ class LogSource:
             self.known = [[i] if m is not None else [] for i, m in enumerate(self.mask)]
         self.positives = [i for i, m in enumerate(self.mask) if m is not None]
         self.negatives = [i for i, m in enumerate(self.mask) if m is None]
+
+    def _add(self, i: int, r: dict) -> None:
+        label = int(r["label"])
+        if label == Label.INVALID:
+            return
+        positive = label == Label.POSITIVE and int(r["mask"].sum()) >= self.min_mask_area
+        if label == Label.POSITIVE and not positive:
+            return
+        self.rgb.append(r["rgb_before"])
+        self.depth.append(r["depth_before"])
+        self.K.append(np.asarray(r["K"], np.float64))
+        self.pose.append(np.asarray(r["camera_pose"], np.float64))
+        self.pixel.append(np.asarray(r["pixel"], np.float32))
+        self.mask.append(r["mask"] if positive else None)
+        self.label.append(label)
+        if positive:
+            self.bank.add(cutout_from_interaction(r["rgb_before"], r["depth_before"], r["mask"], r["depth_after"],
+                                                  source=i))
+
+    def _report_skipped(self, log_path: str | Path) -> None:
+        """One warning naming the skipped records per damaged array; LogFormatError when nothing was readable."""
+        if not self.skipped:
+            return
+        by_array: dict[str, list[int]] = {}
+        for i, arrays in self.skipped.items():
+            for a in arrays:
+                by_array.setdefault(a, []).append(i)
+        what = "; ".join(f"array {a!r}: {records_text(r)}" for a, r in sorted(by_array.items()))
+        check = f"check the log with `python -m data.inspect {log_path} --verify`"
+        if len(self.skipped) == self.n_records:
+            raise LogFormatError(f"{log_path}: none of its {self.n_records} records can be read (damaged chunks, "
+                                 f"{what}); {check}")  # fmt: skip
+        _logger.warning("%s: skipped %d of %d records that cannot be read (damaged chunks, %s); training on the "
+                        "rest; %s", log_path, len(self.skipped), self.n_records, what, check)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.rgb)
