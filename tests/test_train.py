@@ -244,3 +244,35 @@ def test_train_cli_consistency_flag(tiny_log, tmp_path):
     assert ckpt["train_config"]["consistency_weight"] == 0.5 and ckpt["train_config"]["consistency_queries"] == 2
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert recs and all("teacher_seeds" in r for r in recs)
+
+
+def test_zoom_crop_keeps_the_scene_consistent(tiny_log):
+    """A zoom crop is the same scene seen closer: every mask pixel's deprojected point is unchanged, points
+    stay inside their masks, and a zoomed batch trains (finite loss)."""
+    from learner.train.trainer import zoom_crop
+
+    def ray(u: float, v: float, K: np.ndarray) -> np.ndarray:  # camera-frame direction of a pixel (z = 1)
+        return np.array([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], 1.0])
+
+    src = LogSource(tiny_log, 0.004)
+    img = src.interaction_image(int(src.positives[0]), np.random.default_rng(0), 3)
+    H, W = img.rgb.shape[:2]
+    box = (W // 4, H // 4, W // 2, H // 2)
+    z = zoom_crop(img, box)
+    assert z.rgb.shape == img.rgb.shape and z.depth.shape == img.depth.shape
+    assert z.K[0, 0] == pytest.approx(2 * img.K[0, 0]) and z.K[1, 1] == pytest.approx(2 * img.K[1, 1])
+    # pixel (u, v) of the zoomed image shows what pixel ((u + 0.5) / 2 - 0.5 + x0, ...) showed
+    vv, uu = np.nonzero(z.depth > 0)
+    pick = np.random.default_rng(1).choice(len(vv), 50, replace=False)
+    for u, v in zip(uu[pick], vv[pick], strict=True):
+        u0, v0 = (u + 0.5) / 2 - 0.5 + box[0], (v + 0.5) / 2 - 0.5 + box[1]
+        assert np.allclose(ray(u, v, z.K), ray(u0, v0, img.K), atol=1e-9)
+    for m, p in zip(z.masks, z.points, strict=True):
+        assert len(p) and m[np.rint(p[:, 1]).astype(int), np.rint(p[:, 0]).astype(int)].all()
+    tr = Trainer(TrainConfig(zoom_prob=1.0, pseudo_sequences=False), TINY, seed=0)
+    batch = tr.sample_batch(src)
+    assert all(b.K[0, 0] > img.K[0, 0] for b in batch)  # every image of the batch zoomed in
+    loss, _ = tr.loss_on(batch)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="zoom_prob"):
+        Trainer(TrainConfig(zoom_prob=1.5), TINY)

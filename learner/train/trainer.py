@@ -54,7 +54,7 @@ from learner.model.network import (
     instance_embeddings,
     sample_at_points,
 )
-from learner.proposals.frame import make_input
+from learner.proposals.frame import make_input, nearest_exact_index, resize_rgbd
 from learner.train.consistency import (
     CascadeFilter,
     TeacherTargets,
@@ -100,6 +100,11 @@ class TrainConfig:
     propagate_labels: bool = True  # reuse masks in other frames of the same scene (data/label_propagation.py)
     table_prior_height: float = 0.004  # metres above the table plane still counted as table
     flip: bool = True
+    # zoom: with probability zoom_prob a batch is a random crop of 1/s of every image (s uniform in
+    # [1, zoom_max]) resized back, K updated (the same camera looking closer): objects appear up to
+    # zoom_max times larger than the log shows them, as near cameras and large objects do in other cells
+    zoom_prob: float = 0.0
+    zoom_max: float = 2.0
     color_jitter: float = 0.15
     max_queries: int = 96  # decoded masks per batch (memory/time bound)
     mask_loss_stride: int = 4  # 4: mask loss at the mask head's resolution; 1: at full input resolution
@@ -132,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.mask_loss_stride not in (1, 4):
             raise ValueError(f"mask_loss_stride must be 1 or 4, got {self.mask_loss_stride}")
+        if not 0.0 <= self.zoom_prob <= 1.0 or not self.zoom_max >= 1.0:
+            raise ValueError(f"zoom_prob must be in [0, 1] and zoom_max >= 1, got {self.zoom_prob}, {self.zoom_max}")
         if not 0.0 <= self.pseudo_fraction <= 1.0:
             raise ValueError(f"pseudo_fraction must be in [0, 1], got {self.pseudo_fraction}")
         if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0) or self.kl_warmup_steps < 0:
@@ -176,6 +183,48 @@ def _flip(img: TrainImage) -> TrainImage:
         [m[:, ::-1].copy() for m in img.masks], [fu(p) for p in img.points], fu(img.negatives),
         None if img.table is None else img.table[:, ::-1].copy(), img.group, list(img.instance_ids),
     )
+
+
+def zoom_crop(img: TrainImage, box: tuple[int, int, int, int]) -> TrainImage:
+    """The crop box = (x0, y0, w, h) pixels of an image resized back to its own size (a closer camera:
+    K in the pixel-centre convention, `learner.proposals.frame.resize_rgbd`); masks and the table nearest-
+    exact like depth; points and negatives mapped, those leaving the image or their mask dropped, masks
+    left without a point dropped (with their instance ids)."""
+    H, W = img.rgb.shape[:2]
+    x0, y0, w, h = box
+    K = np.asarray(img.K, np.float64).copy()
+    K[0, 2] -= x0
+    K[1, 2] -= y0
+    rgb, depth, K2 = resize_rgbd(img.rgb[y0:y0 + h, x0:x0 + w], img.depth[y0:y0 + h, x0:x0 + w], K, (H, W))
+    rows, cols = nearest_exact_index(h, H), nearest_exact_index(w, W)
+
+    def crop(m: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(m[y0:y0 + h, x0:x0 + w][rows][:, cols])
+
+    sx, sy = W / w, H / h
+
+    def move(p: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        if not len(p):
+            return p
+        q = np.stack([(p[:, 0] - x0 + 0.5) * sx - 0.5, (p[:, 1] - y0 + 0.5) * sy - 0.5], axis=1).astype(p.dtype)
+        u, v = np.rint(q[:, 0]).astype(int), np.rint(q[:, 1]).astype(int)
+        keep = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        if mask is not None:
+            keep[keep] = mask[v[keep], u[keep]]
+        return q[keep]
+
+    masks, points, ids = [], [], []
+    for k, (m, p) in enumerate(zip(img.masks, img.points, strict=True)):
+        m2 = crop(m)
+        p2 = move(p, m2)
+        if len(p2) and m2.any():
+            masks.append(m2)
+            points.append(p2)
+            if k < len(img.instance_ids):
+                ids.append(img.instance_ids[k])
+    return TrainImage(rgb, depth, K2, masks, points, move(img.negatives, None),
+                      None if img.table is None else crop(img.table), img.group,
+                      ids if len(img.instance_ids) == len(img.masks) else list(img.instance_ids))
 
 
 class Trainer:
@@ -264,7 +313,7 @@ class Trainer:
         if isinstance(source, SceneSource):
             for i in rng.integers(len(source), size=cfg.batch_size):
                 images.append(source.image(int(i), rng, cfg.points_per_mask))
-            return [self._augment(im) for im in images]
+            return self._zoom([self._augment(im) for im in images])
         n_pseudo = int(round(cfg.batch_size * cfg.pseudo_fraction)) if cfg.pseudo_sequences else 0
         group = 0
         while len(images) < n_pseudo - 1:
@@ -280,7 +329,19 @@ class Trainer:
             images.append(source.interaction_image(int(rng.choice(pool)), rng, cfg.points_per_mask))
         if self.cfg.flip and self.rng.random() < 0.5:  # flip whole groups together (x1/x2 stay consistent)
             images = [_flip(im) for im in images]
-        return images
+        return self._zoom(images)
+
+    def _zoom(self, images: list[TrainImage]) -> list[TrainImage]:
+        """One random zoom crop for the whole batch (TrainConfig.zoom_prob / zoom_max; groups stay consistent).
+        Draws from the trainer's RNG only when zoom is on."""
+        cfg = self.cfg
+        if cfg.zoom_prob <= 0 or cfg.zoom_max <= 1.0 or self.rng.random() >= cfg.zoom_prob:
+            return images
+        H, W = images[0].rgb.shape[:2]
+        s = self.rng.uniform(1.0, cfg.zoom_max)
+        w, h = max(int(round(W / s)), 8), max(int(round(H / s)), 8)
+        x0, y0 = int(self.rng.integers(0, W - w + 1)), int(self.rng.integers(0, H - h + 1))
+        return [zoom_crop(im, (x0, y0, w, h)) for im in images]
 
     def _jitter(self, x: torch.Tensor) -> torch.Tensor:
         """Brightness/contrast jitter of the normalised RGB channels (first 3)."""
@@ -489,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-propagation", action="store_true", help="ablation: each frame keeps only its own mask")
     ap.add_argument("--mask-loss-stride", type=int, default=TrainConfig.mask_loss_stride, choices=[1, 4])
     ap.add_argument("--threads", type=int, default=TrainConfig.num_threads)
+    ap.add_argument("--zoom-prob", type=float, default=TrainConfig.zoom_prob,
+                    help="share of batches that are a random zoom crop (objects up to --zoom-max times larger)")
+    ap.add_argument("--zoom-max", type=float, default=TrainConfig.zoom_max)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latent-dim", type=int, default=SegmenterConfig.latent_dim,
                     help="Z of the per-query latent code (Latent-MaskRCNN; 0 = the plain network)")
@@ -506,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                       mask_loss_stride=a.mask_loss_stride, num_threads=a.threads, kl_weight=a.kl_weight,
                       kl_free_nats=a.kl_free_nats, kl_balance=not a.no_kl_balance,
                       consistency_weight=a.consistency_weight, consistency_images=a.consistency_images,
-                      consistency_queries=a.consistency_queries)
+                      consistency_queries=a.consistency_queries, zoom_prob=a.zoom_prob, zoom_max=a.zoom_max)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, SegmenterConfig(latent_dim=a.latent_dim), oracle=a.oracle_scenes is not None, seed=a.seed)
