@@ -541,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--oracle-scenes", help="ORACLE baseline: exported scenes with ground-truth labels")
     ap.add_argument("--out", required=True, help="checkpoint directory (resumes from its last.pt)")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    ap.add_argument("--limit", type=int, default=None, help="train on the log's first N records only")
     ap.add_argument("--time-budget", type=float, default=0.0, help="seconds (0 = none)")
     ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     ap.add_argument("--loss", default=TrainConfig.loss, choices=["robust", "bce_dice"])
@@ -581,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(a.log)
         if (path / "interactions.zarr").exists():
             path = path / "interactions.zarr"
-        source = log_source(path, cfg)
+        source = log_source(path, cfg, limit=a.limit)
         print(f"log {path}: {len(source.positives)} positives, {len(source.negatives)} negatives, "
               f"{source.n_known_masks} masks after propagation, {len(source.bank)} cut-outs in the instance bank")
     else:
