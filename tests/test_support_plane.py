@@ -159,3 +159,30 @@ def test_walls_floor_and_the_missing_depth_band_never_yield_a_hypothesis():
     assert off_px is not None
     objects = label > 0
     assert (off_px & objects).sum() <= 0.01 * objects.sum()
+
+
+def test_the_foot_of_a_wall_is_not_support_but_objects_before_it_are():
+    """tall_structures: pixels above the plane band that are depth-continuous with something 0.5 m or more
+    above it (a wall rising at the table edge) are taken out; an object, also one in front of the wall
+    (a depth step between them), is kept."""
+    from learner.proposals.plane import tall_structures
+
+    H, W = 60, 80
+    h = np.zeros((H, W), np.float32)  # table
+    z = np.tile(np.linspace(1.5, 0.8, H, dtype=np.float32)[:, None], (1, W))  # a table receding upwards
+    wall = np.zeros((H, W), bool)
+    wall[:20, 50:] = True  # rows 0-19: the wall, rising from the table edge (row 19) to 1 m (row 0)
+    h[wall] = np.repeat(np.linspace(1.0, 0.02, 20, dtype=np.float32)[:, None], 30, axis=1).ravel()
+    z[wall] = 1.5 + 0.002 * (19 - np.nonzero(wall)[0])  # continuous in depth with the table edge
+    box = np.zeros((H, W), bool)
+    box[30:40, 10:20] = True  # an object on the table: 8 cm tall, a depth step to the table around it
+    h[box], z[box] = 0.08, 1.1
+    front = np.zeros((H, W), bool)
+    front[12:22, 52:58] = True  # an object in front of the wall: 10 cm nearer than the wall
+    h[front], z[front] = 0.06, 1.35
+    valid = np.ones((H, W), bool)
+    tall = tall_structures(h, valid, z, 0.01, 0.5, 0.05)
+    assert tall[wall & ~front & (h >= 0.01)].mean() > 0.95
+    assert not tall[box].any()
+    assert tall[front].mean() < 0.2  # at most its rim next to the step
+    assert not tall[h < 0.01].any()  # the table itself is never taken out

@@ -484,7 +484,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def support_region(height_m: np.ndarray, valid: np.ndarray, xyz_m: np.ndarray,
                    inlier_m: float = 0.01, below_m: float = 0.02, above_m: float = 0.295,
-                   margin_m: float = 0.02) -> np.ndarray | None:
+                   margin_m: float = 0.02, tall_m: float = 0.5, depth_jump_m: float = 0.05) -> np.ndarray | None:
     """(H, W) bool: the image region over the support plane's extent, from the network input alone.
 
     height_m: (H, W) height above the support plane (metres, input channel 7 unscaled; 0 where
@@ -495,7 +495,11 @@ def support_region(height_m: np.ndarray, valid: np.ndarray, xyz_m: np.ndarray,
     above_m over the plane (objects up to ~30 cm; the input clips heights at 0.3 m) and its foot on
     the plane lies inside that hull grown by margin_m; then enclosed regions (depth holes on objects
     or the table) are added, but missing depth connected to the image border (a sensor's border band,
-    the background beyond the table) is not. None when there is no plane (height all zero)."""
+    the background beyond the table) is not. Last, the foot of anything tall is taken out: pixels above
+    the plane band (height >= inlier_m) that are depth-continuous (8-connected, no step of depth_jump_m
+    metres or more between neighbours) with a point tall_m or more above the plane: a wall rising at
+    the table's edge, a cabinet or a person beside it; no tabletop object is that tall. None when there
+    is no plane (height all zero)."""
     import cv2  # OpenCV, as the rest of learner.proposals
 
     h = np.asarray(height_m, np.float32)
@@ -522,4 +526,35 @@ def support_region(height_m: np.ndarray, valid: np.ndarray, xyz_m: np.ndarray,
     over = np.zeros_like(v)
     if cand.any():
         over[cand] = in_convex_hull(q[:, cand].T @ basis, hull, margin_m)
-    return fill_holes(over)
+    # heights from the fitted patch plane, not clipped like the input's channel (which stops at 0.3 m)
+    n_up = normal / np.linalg.norm(normal)
+    h_full = np.tensordot(n_up, q, axes=1) - float(n_up @ c)
+    both = v & (np.abs(h) > inlier_m) & (np.abs(h) < above_m)
+    if both.any() and float(np.sum(h_full[both] * h[both])) < 0:
+        h_full = -h_full  # the normal's sign: up, as the input's height
+    return fill_holes(over) & ~tall_structures(h_full.astype(np.float32), v, q[2], inlier_m, tall_m, depth_jump_m)
+
+
+def tall_structures(height_m: np.ndarray, valid: np.ndarray, z_m: np.ndarray, inlier_m: float, tall_m: float,
+                    depth_jump_m: float) -> np.ndarray:
+    """(H, W) bool: pixels above the plane band (height >= inlier_m, metres) in an 8-connected region of
+    depth-continuous pixels (neighbours closer than depth_jump_m in z, metres) that reaches tall_m or more
+    above the plane. z_m: the camera-frame z of every pixel up to a constant offset (metres)."""
+    import cv2  # OpenCV, as the rest of learner.proposals
+
+    raised = valid & (height_m >= inlier_m)
+    if not (raised & (height_m >= tall_m)).any():
+        return np.zeros_like(raised)
+    z = np.asarray(z_m, np.float32)
+    step = np.zeros_like(raised)  # a pixel with a depth step to its right or lower neighbour
+    dx = np.abs(np.diff(z, axis=1)) >= depth_jump_m
+    dy = np.abs(np.diff(z, axis=0)) >= depth_jump_m
+    step[:, :-1] |= dx
+    step[:, 1:] |= dx
+    step[:-1] |= dy
+    step[1:] |= dy
+    _, lab = cv2.connectedComponents((raised & ~step).astype(np.uint8), connectivity=8)
+    tall = np.unique(lab[raised & ~step & (height_m >= tall_m)])
+    out = np.isin(lab, tall[tall > 0])
+    # step pixels take the side they touch: grown by one pixel into the raised region
+    return out | (cv2.dilate(out.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & raised & step)
