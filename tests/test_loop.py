@@ -249,3 +249,14 @@ def test_held_out_evaluation_on_cross_domain_scenes(tmp_path):
     assert not (run / "eval_scenes").exists()
     ev = [m for m in metrics(run) if m["kind"] == "eval"]
     assert len(ev) == 1 and 0.0 <= ev[0]["AP50"] <= 1.0
+
+
+def test_a_run_from_a_trained_model_is_evaluated_before_its_first_interaction(trained_run, tmp_path):
+    """learner.init with periodic evaluation: the first evaluation row is the given model in this cell, at
+    0 interactions (the first point of an adaptation curve), then the periodic ones."""
+    run = tmp_path / "C"
+    r = run_loop(run, f"learner.init={trained_run}", "loop.interactions=2", "loop.update_interval=2",
+                 "loop.train_steps=1", "loop.eval_interval=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ev = [m for m in metrics(run) if m["kind"] == "eval"]
+    assert [(e["interactions"], e["model_version"]) for e in ev] == [(0, 1), (2, 2)]

@@ -307,6 +307,8 @@ class InteractiveLoop:
             self._metric({"kind": "run_start", "interactions": start_n, "code_version": version, "unix": time.time()})
             if self.init is not None:  # a fresh run directory (no checkpoint of its own): start from the given model
                 self._start_from(self.init)
+                if lp.eval_interval:  # where the given model starts in this cell: the first point of its curve
+                    self.evaluate()
             self._viz = None
             if lp.viz == "rerun":
                 from data.rerun_view import LiveRerun
