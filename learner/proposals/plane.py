@@ -495,11 +495,10 @@ def support_region(height_m: np.ndarray, valid: np.ndarray, xyz_m: np.ndarray,
     above_m over the plane (objects up to ~30 cm; the input clips heights at 0.3 m) and its foot on
     the plane lies inside that hull grown by margin_m; then enclosed regions (depth holes on objects
     or the table) are added, but missing depth connected to the image border (a sensor's border band,
-    the background beyond the table) is not. Last, the foot of anything tall is taken out: pixels above
-    the plane band (height >= inlier_m) that are depth-continuous (8-connected, no step of depth_jump_m
-    metres or more between neighbours) with a point tall_m or more above the plane: a wall rising at
-    the table's edge, a cabinet or a person beside it; no tabletop object is that tall. None when there
-    is no plane (height all zero)."""
+    the background beyond the table) is not. Last, the room standing at the table's edge is taken out
+    (`room_structures`: regions depth-continuous with a point tall_m or more above the plane, and wide
+    vertical planes such as a wall whose upper part the sensor lost). None when there is no plane
+    (height all zero)."""
     import cv2  # OpenCV, as the rest of learner.proposals
 
     h = np.asarray(height_m, np.float32)
@@ -532,20 +531,28 @@ def support_region(height_m: np.ndarray, valid: np.ndarray, xyz_m: np.ndarray,
     both = v & (np.abs(h) > inlier_m) & (np.abs(h) < above_m)
     if both.any() and float(np.sum(h_full[both] * h[both])) < 0:
         h_full = -h_full  # the normal's sign: up, as the input's height
-    return fill_holes(over) & ~tall_structures(h_full.astype(np.float32), v, q[2], inlier_m, tall_m, depth_jump_m)
+        n_up = -n_up
+    return fill_holes(over) & ~room_structures(h_full.astype(np.float32), v, q, n_up, inlier_m, tall_m, depth_jump_m)
 
 
-def tall_structures(height_m: np.ndarray, valid: np.ndarray, z_m: np.ndarray, inlier_m: float, tall_m: float,
-                    depth_jump_m: float) -> np.ndarray:
-    """(H, W) bool: pixels above the plane band (height >= inlier_m, metres) in an 8-connected region of
-    depth-continuous pixels (neighbours closer than depth_jump_m in z, metres) that reaches tall_m or more
-    above the plane. z_m: the camera-frame z of every pixel up to a constant offset (metres)."""
+def room_structures(height_m: np.ndarray, valid: np.ndarray, xyz_m: np.ndarray, up: np.ndarray, inlier_m: float,
+                    tall_m: float, depth_jump_m: float, wall_width_m: float = 0.3, wall_rms_m: float = 0.015,
+                    wall_tilt_deg: float = 20.0, min_pixels: int = 60) -> np.ndarray:
+    """(H, W) bool: the parts of the room that stand on or beside the support, not objects on it.
+
+    Regions are the 8-connected pixels above the plane band (height >= inlier_m, metres) whose neighbours
+    are depth-continuous (z steps under depth_jump_m). A region is a room structure when it reaches tall_m
+    or more above the plane (a wall or cabinet rising at the table's edge), or when it is a wall seen only
+    low down (a sensor often loses the upper wall): a plane (RMS distance of its points under wall_rms_m)
+    within wall_tilt_deg of vertical and at least wall_width_m wide along the table. No tabletop object is
+    that tall, nor a flat vertical sheet that wide. xyz_m: (3, H, W) camera-frame points up to a constant
+    offset; up: the plane's unit normal (camera frame, pointing up); metres throughout."""
     import cv2  # OpenCV, as the rest of learner.proposals
 
     raised = valid & (height_m >= inlier_m)
-    if not (raised & (height_m >= tall_m)).any():
+    if not raised.any():
         return np.zeros_like(raised)
-    z = np.asarray(z_m, np.float32)
+    z = np.asarray(xyz_m[2], np.float32)
     step = np.zeros_like(raised)  # a pixel with a depth step to its right or lower neighbour
     dx = np.abs(np.diff(z, axis=1)) >= depth_jump_m
     dy = np.abs(np.diff(z, axis=0)) >= depth_jump_m
@@ -553,8 +560,23 @@ def tall_structures(height_m: np.ndarray, valid: np.ndarray, z_m: np.ndarray, in
     step[:, 1:] |= dx
     step[:-1] |= dy
     step[1:] |= dy
-    _, lab = cv2.connectedComponents((raised & ~step).astype(np.uint8), connectivity=8)
-    tall = np.unique(lab[raised & ~step & (height_m >= tall_m)])
-    out = np.isin(lab, tall[tall > 0])
+    n, lab, stats, _ = cv2.connectedComponentsWithStats((raised & ~step).astype(np.uint8), connectivity=8)
+    found = set(np.unique(lab[raised & ~step & (height_m >= tall_m)]).tolist()) - {0}
+    up = np.asarray(up, np.float64)
+    for k in range(1, n):
+        if k in found or stats[k, cv2.CC_STAT_AREA] < min_pixels:
+            continue
+        pts = np.asarray(xyz_m, np.float64)[:, lab == k].T
+        pts = pts[:: max(1, len(pts) // 2000)]
+        c = pts.mean(axis=0)
+        _, sv, vt = np.linalg.svd(pts - c, full_matrices=False)
+        normal = vt[-1]
+        if abs(float(normal @ up)) > np.sin(np.deg2rad(wall_tilt_deg)) or sv[-1] / np.sqrt(len(pts)) > wall_rms_m:
+            continue
+        along = np.cross(up, normal)
+        spread = np.percentile((pts - c) @ (along / max(np.linalg.norm(along), 1e-9)), [2, 98])
+        if spread[1] - spread[0] >= wall_width_m:
+            found.add(k)
+    out = np.isin(lab, sorted(found)) if found else np.zeros_like(raised)
     # step pixels take the side they touch: grown by one pixel into the raised region
     return out | (cv2.dilate(out.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & raised & step)
