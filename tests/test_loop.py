@@ -260,3 +260,17 @@ def test_a_run_from_a_trained_model_is_evaluated_before_its_first_interaction(tr
     assert r.returncode == 0, r.stderr[-3000:]
     ev = [m for m in metrics(run) if m["kind"] == "eval"]
     assert [(e["interactions"], e["model_version"]) for e in ev] == [(0, 1), (2, 2)]
+
+
+def test_the_main_job_runs_in_the_randomised_twin_and_evaluates_across_domains():
+    """The README's main job (`run_loop.py robot=sim`, no overrides): randomised cells, training objects, held-out
+    cross-domain val cells, a 15-minute budget, zoom augmentation on."""
+    r = subprocess.run([sys.executable, str(ROOT / "run_loop.py"), "robot=sim", "--cfg", "job"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import yaml
+
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg["robot"]["domain"] == "wide" and cfg["robot"]["split"] == "train" and cfg["robot"]["cell"] == ""
+    assert cfg["loop"]["eval_domain"] == "cross" and cfg["loop"]["eval_split"] == "val"
+    assert cfg["loop"]["time_budget"] == 900 and cfg["learner"]["zoom_prob"] == 0.5
