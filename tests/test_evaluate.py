@@ -134,3 +134,22 @@ def test_training_effort_scales_with_the_log_and_rejects_bad_values():
         TrainingEffort(passes=0).steps(10, 6)
     with pytest.raises(ValueError, match="min_steps <= max_steps"):
         TrainingEffort(min_steps=10, max_steps=5).steps(10, 6)
+
+
+def test_adaptation_curves_plot_and_table(tmp_path, capsys):
+    """learner.bench.adaptation: the evaluation rows of each run, in interaction order, next to the baseline."""
+    from learner.bench.adaptation import main as adaptation
+
+    for name, pts in (("a", [(100, 0.2), (50, 0.1)]), ("b", [(0, 0.3), (50, 0.4)])):
+        (tmp_path / name).mkdir()
+        rows = [{"kind": "baseline", "AP50": 0.33, "boundary_F": 0.5}, {"kind": "interaction", "index": 0}]
+        rows += [{"kind": "eval", "interactions": n, "AP50": v, "boundary_F": v / 2} for n, v in pts]
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "curves.png"
+    assert adaptation([str(tmp_path / "a"), str(tmp_path / "b"), "--names", "scratch,pre", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.stat().st_size > 1000
+    assert text.index("| scratch | 50 | 0.100") < text.index("| scratch | 100 | 0.200")
+    assert "| pre | 0 | 0.300 | 0.150 |" in text and "| depth clustering | - | 0.330 | 0.500 |" in text
+    with pytest.raises(SystemExit):
+        adaptation([str(tmp_path / "a"), "--names", "x,y", "--out", str(out)])
