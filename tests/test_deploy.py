@@ -477,10 +477,12 @@ def test_cli_predict_files_640x480_npy_and_single_intrinsics(tiny, scenes, tmp_p
     (d / "K.json").write_text(json.dumps({"fx": K[0, 0], "fy": K[1, 1], "cx": K[0, 2], "cy": K[1, 2]}))
     out = tmp_path / "pred"
     args = ["predict", "--model", str(tiny["out"] / ONNX_NAME), "--rgb", str(d / "rgb"), "--depth", str(d / "depth"),
-            "--intrinsics", str(d / "K.json"), "--out", str(out)]
+            "--intrinsics", str(d / "K.json"), "--out", str(out), "--sheet", str(tmp_path / "sheet.png")]
     assert deploy.main(args) == 0
     ra, rb = _check_frame_outputs(out, "a", (480, 640)), _check_frame_outputs(out, "b", (480, 640))
     assert len(ra["instances"]) == len(rb["instances"]) > 0
+    sheet = cv2.imread(str(tmp_path / "sheet.png"))  # a row per frame: its RGB beside its overlay, 480 px each
+    assert sheet.shape == (2 * 360, 2 * 480, 3)
     # single files
     out2 = tmp_path / "pred2"
     assert deploy.main(["predict", "--model", str(tiny["out"]), "--rgb", str(d / "rgb" / "a.png"),

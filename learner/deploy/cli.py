@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--intrinsics", help="JSON with fx, fy, cx, cy (file for all frames or directory STEM.json)")
     p.add_argument("--scenes", help="an exported scenes directory (rgb/, depth/, camera/) instead of the three above")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--sheet", metavar="PNG", help="also write one contact sheet: every frame's RGB beside its overlay")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mode", choices=MODES, default="mean",
                    help="mean: one forward pass (default); confidence: p-confidence masks (fewer double picks); "

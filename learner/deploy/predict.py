@@ -314,6 +314,21 @@ def sampler_from_args(args: argparse.Namespace) -> tuple[str, float, SamplerConf
     return mode, float(p), sampler
 
 
+def write_sheet(path: Path, rgb: Path, out: Path, frames: list[tuple[str, int]], width: int = 480) -> None:
+    """One PNG to look at: per frame (a row) its RGB beside the overlay written to `out`, with the instance count.
+    rgb: the --rgb file or directory (frames are found by stem); width: pixels per panel."""
+    rows = []
+    for stem, n in frames:
+        src = rgb if rgb.is_file() else next(rgb.glob(f"{stem}.*"))
+        a, b = cv2.imread(str(src)), cv2.imread(str(out / f"{stem}_overlay.png"))
+        h = int(round(a.shape[0] * width / a.shape[1]))
+        a, b = cv2.resize(a, (width, h)), cv2.resize(b, (width, h))
+        cv2.putText(b, f"{stem}: {n} instances", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
+        rows.append(np.hstack([a, b]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.vstack(rows))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """The predict command: every frame of --rgb/--depth/--intrinsics or --scenes; 2 if any failed."""
     if args.scenes:
@@ -347,6 +362,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
+    sheet: list[tuple[str, int]] = []
     for stem, r, d, k in frames:
         pose_path = None
         if pose_arg is not None:
@@ -358,6 +374,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             continue
         print(f"{stem}: {len(rec['instances'])} instances, {rec['latency_ms']:.1f} ms")
+        sheet.append((stem, len(rec["instances"])))
+    if getattr(args, "sheet", None) and sheet:
+        write_sheet(Path(args.sheet), rgb, out, sheet)
+        print(f"wrote {args.sheet}")
     if failed:
         print(f"error: {failed} of {len(frames)} frame(s) failed; nothing was written for them", file=sys.stderr)
         return 2
