@@ -60,6 +60,13 @@ NARROW_REFERENCE = {
     ("sparse", 3, 640, 480): ["b4ff00ddcfc12e35", "60d7c8f0dc062bc3", "a40bc34cc4b5756b", "9740084c3069ced6",
                               "790cbf061ac6065f", "84399bfec425c9bc", "26d2b61a65485ba8", "7815387e8302ffa0"],
 }
+# The same code on another x86-64 machine (2026-12-06; the commit of NARROW_REFERENCE fails there the same
+# way): identical images, labels and K, but the camera pose differs in its last bits (numpy's float kernels
+# follow the CPU), so the poke lands a hair apart and the scene after it differs. Its exact hashes:
+NARROW_REFERENCE_OTHER_CPU = {
+    ("cluttered", 0, 320, 240): ["1311a4a40878ba14", "b029388673a7d990", "d8565135cdeadee3", "e44ad9c2443a3eea",
+                                 "b3aeb2f527e803e4", "573980997388eecb", "1ba5bce4102547ae", "5e7d8bd9a378378a"],
+}
 
 
 @pytest.mark.parametrize("key", list(NARROW_REFERENCE))
@@ -80,7 +87,7 @@ def test_narrow_default_is_bit_identical_to_the_twin_before(key):
                _h(o2["rgb"]), _h(o2["depth"]), _h(i2["instance_label"])]
     finally:
         env.close()
-    assert got == NARROW_REFERENCE[key]
+    assert got == NARROW_REFERENCE[key] or got == NARROW_REFERENCE_OTHER_CPU.get(key), got
 
 
 # ------------------------------------------------------------------------------------ the knobs

@@ -389,6 +389,8 @@ class Trainer:
         if len(pts) > cfg.max_queries:
             keep = self.rng.choice(len(pts), cfg.max_queries, replace=False)
             bidx, pts, tgt = [bidx[i] for i in keep], [pts[i] for i in keep], [tgt[i] for i in keep]
+        if not pts and self.model.config.latent_dim > 0:
+            stats["kl_nats"] = 0.0  # no query in this batch (e.g. a zoom crop without a labelled mask): no KL term
         if pts:
             full_res = cfg.mask_loss_stride == 1
             bt, pt = torch.tensor(bidx), torch.tensor(np.stack(pts))
