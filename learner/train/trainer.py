@@ -103,7 +103,7 @@ class TrainConfig:
     # zoom: with probability zoom_prob a batch is a random crop of 1/s of every image (s uniform in
     # [1, zoom_max]) resized back, K updated (the same camera looking closer): objects appear up to
     # zoom_max times larger than the log shows them, as near cameras and large objects do in other cells
-    zoom_prob: float = 0.5  # chosen on cross-domain val (docs/benchmarks.md "Zoom augmentation on cross-val")
+    zoom_prob: float = 0.5  # chosen on cross-domain val (docs/benchmarks.md "Training in the randomised twin, on cross-domain val")
     zoom_max: float = 2.0
     color_jitter: float = 0.15
     max_queries: int = 96  # decoded masks per batch (memory/time bound)
