@@ -563,10 +563,11 @@ def room_structures(height_m: np.ndarray, valid: np.ndarray, xyz_m: np.ndarray, 
     n, lab, stats, _ = cv2.connectedComponentsWithStats((raised & ~step).astype(np.uint8), connectivity=8)
     found = set(np.unique(lab[raised & ~step & (height_m >= tall_m)]).tolist()) - {0}
     up = np.asarray(up, np.float64)
+    xyz = np.asarray(xyz_m, np.float64)
     for k in range(1, n):
         if k in found or stats[k, cv2.CC_STAT_AREA] < min_pixels:
             continue
-        pts = np.asarray(xyz_m, np.float64)[:, lab == k].T
+        pts = xyz[:, lab == k].T
         pts = pts[:: max(1, len(pts) // 2000)]
         c = pts.mean(axis=0)
         _, sv, vt = np.linalg.svd(pts - c, full_matrices=False)
