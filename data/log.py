@@ -434,6 +434,19 @@ def _lock_dir(path: Path) -> int:
     return fd
 
 
+def _release_lock(obj: "InteractionLog | None", fd: int) -> None:
+    """Release the write lock of a construction that failed, exactly once.
+
+    Once the object exists its finalizer owns the descriptor: closing it here as well would let the
+    finalizer later close whatever file reused the number (a stray EBADF in unrelated code).
+    """
+    if obj is not None and obj._finalizer is not None:
+        obj._closed = True
+        obj._finalizer()
+    else:
+        _unlock(fd)
+
+
 def _unlock(fd: int | None) -> None:
     if fd is not None:
         try:
@@ -607,6 +620,7 @@ class InteractionLog:
             )
         path.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock_dir(path)
+        obj = None
         try:
             if any(path.iterdir()):  # raced with another creator
                 raise FileExistsError(f"{path} already exists; refusing to overwrite")
@@ -649,7 +663,7 @@ class InteractionLog:
             obj._init_appenders()
             return obj
         except BaseException:
-            _unlock(lock_fd)
+            _release_lock(obj, lock_fd)
             raise
 
     @classmethod
@@ -669,6 +683,7 @@ class InteractionLog:
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         _open_group_readonly(path)  # clear errors for missing / non-group paths before locking
         lock_fd = _lock_dir(path)
+        obj = None
         try:
             meta, _ = _validate(_open_group_readonly(path), path)  # read-only: nothing written if invalid
             store = zarr.storage.LocalStore(path)
@@ -679,7 +694,7 @@ class InteractionLog:
             obj._init_appenders()
             return obj
         except BaseException:
-            _unlock(lock_fd)
+            _release_lock(obj, lock_fd)
             raise
 
     @classmethod

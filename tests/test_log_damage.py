@@ -8,6 +8,7 @@ files (zarr v3 keeps array A's chunk k at A/c/k/0/...), exactly what a full disk
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -251,3 +252,16 @@ def test_writer_refuses_a_damaged_chunk_it_must_read_back(run):
     with InteractionLog.open(path, "r") as log:  # readers still get every other record
         assert len(log) == N
         np.testing.assert_array_equal(log[7].rgb_before, record(7).rgb_before)
+
+
+def test_a_refused_writer_releases_its_lock_once(run):
+    """A writer refused after it was built must not close its lock descriptor twice: the second
+    close would hit whatever file reused the number later (a torch.load failed with EBADF so)."""
+    truncate(chunk_file(run, "record_i64", 2))
+    path = run / "interactions.zarr"
+    with pytest.raises(LogFormatError) as refused:  # the refused writer lives on in the traceback
+        InteractionLog.open(path, "a")
+    with open(path / "zarr.json", "rb") as f:  # takes the lowest free descriptor: the lock's old number
+        del refused
+        gc.collect()  # the refused writer is collected now, with its finalizer
+        assert f.read()  # OSError EBADF if that finalizer closed this file's descriptor
