@@ -23,7 +23,12 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
-    run_app(cfg)
+    if cfg.loop.workers != 0:  # the actor-learner loop on Ray (learner/fleet/)
+        from learner.fleet.app import run_fleet_app
+
+        run_fleet_app(cfg)
+    else:
+        run_app(cfg)
 
 
 if __name__ == "__main__":

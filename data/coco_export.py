@@ -2,13 +2,19 @@
 
     python -m data.coco_export LOG OUT [--overwrite]
 
+LOG: an interaction log (.zarr), a run directory (interactions.zarr and/or shards/worker_NNN.zarr) or a
+shards/ directory; a sharded run is read as one log (data/shards.py `RunLog`: records numbered by start
+time, committed records only).
+
 Writes, for every committed record i with label POSITIVE and a non-empty mask:
 - `OUT/images/{i:06d}.png`: rgb_before (8-bit RGB PNG),
 - `OUT/depth/{i:06d}.png`: depth_before as 16-bit PNG in millimetres (0 = missing),
 - one annotation in `OUT/annotations.json` (COCO "instances" format): the extracted mask as
   compressed RLE (pycocotools.mask.encode), its bbox [x, y, w, h] and area in pixels, category
   1 'object', iscrowd 0.
-Image ids equal the log record index; each image entry also carries `depth_file_name`.
+Image ids equal the log record index (for a sharded run the run's global index; each image entry then
+also names its `worker_id` and `shard_record`, the record's index in its shard, and `info.shards` lists
+the shards); each image entry also carries `depth_file_name`.
 Positives whose mask is empty are skipped (counted in the returned summary).
 """
 
@@ -25,14 +31,14 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from data.log import InteractionLog
 from data.schema import Label, depth_to_mm
+from data.shards import RunLog
 
 
 def export_positives(
     log_path: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Export positives of the log at `log_path` to `out_dir`; return a summary dict.
+    """Export positives of the log or run at `log_path` to `out_dir`; return a summary dict.
 
     Raises FileExistsError if `out_dir/annotations.json` exists and `overwrite` is False.
     """
@@ -43,8 +49,8 @@ def export_positives(
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "depth").mkdir(parents=True, exist_ok=True)
 
-    with InteractionLog.open(log_path, mode="r") as log:
-        n = log.refresh()
+    with RunLog.open(log_path) as log:  # read-only; numbers the records committed now
+        n = len(log)
         labels = log.read_field("label", slice(0, n))
         positives = np.flatnonzero(labels == int(Label.POSITIVE))
         images: list[dict[str, Any]] = []
@@ -65,15 +71,17 @@ def export_positives(
             bbox = [float(x) for x in mask_utils.toBbox(rle)]
             area = float(mask_utils.area(rle))
             rle["counts"] = rle["counts"].decode("ascii")
-            images.append(
-                {
-                    "id": i,
-                    "file_name": f"images/{name}",
-                    "depth_file_name": f"depth/{name}",
-                    "height": log.height,
-                    "width": log.width,
-                }
-            )
+            image = {
+                "id": i,
+                "file_name": f"images/{name}",
+                "depth_file_name": f"depth/{name}",
+                "height": log.height,
+                "width": log.width,
+            }
+            if log.sharded:
+                k, local = log.locate(i)
+                image.update(worker_id=log.shards[k].worker_id, shard_record=local)
+            images.append(image)
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -94,6 +102,8 @@ def export_positives(
                 "schema_version": log.schema_version,
                 "code_version": log.code_version,
                 "committed_records": n,
+                **({"shards": [{"path": str(sh.path), "worker_id": sh.worker_id, "robot_kind": sh.robot_kind,
+                                "records": sh.count} for sh in log.shards]} if log.sharded else {}),
             },
             "licenses": [],
             "images": images,
@@ -114,7 +124,8 @@ def export_positives(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Export positive interactions of a log as COCO instances.")
-    ap.add_argument("log", type=Path, help="path of the interaction log (interactions.zarr)")
+    ap.add_argument("log", type=Path, help="the interaction log (interactions.zarr), or a run directory "
+                    "(interactions.zarr and/or shards/)")
     ap.add_argument("out", type=Path, help="output directory")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing annotations.json")
     args = ap.parse_args(argv)

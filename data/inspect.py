@@ -8,7 +8,9 @@
     python -m data.inspect PATH --rerun [--range -50:]               # spawn / serve the viewer instead
     python -m data.inspect PATH --verify [--json]     # decode every chunk: exit 1 if any is damaged
 
-PATH is a run directory containing `interactions.zarr`, or the `.zarr` log itself. Anything else is
+PATH is a run directory containing `interactions.zarr`, or the `.zarr` log itself, or a sharded run:
+a run directory with `shards/worker_NNN.zarr` (one log per collector; `data/shards.py` `RunLog` reads them
+as one log, records numbered by start time) or that `shards/` directory. Anything else is
 an error (exit code 2, nothing written). No mode ends in a traceback: a store or array that cannot be
 read prints one `inspect: error: ...` line naming the path (a damaged chunk: the array and records, see
 `--verify`), exit code 2.
@@ -24,6 +26,8 @@ image-sized data read are the masks of positives (for the mask areas), and at mo
 of them (default 1000, a seeded random sample of the positives, so the output is deterministic and
 a periodic pattern in the log cannot alias it; 0 = all): reading one mask costs ~1 ms, so
 a 10k-record log stays at a few seconds. The summary says when the areas come from a sample.
+A sharded run's summary also lists each shard (worker id, robot kind, records) and its disk size is
+that of the shard stores.
 
 HTML report (`--html`): one file, no external assets (images are base64 PNG data URIs): the summary
 as tables, matplotlib plots (rolling positive rate vs interaction index, mask-area histogram) and a
@@ -53,7 +57,8 @@ it says which extra installs it (exit code 2).
 `--verify`: decodes every chunk holding committed rows of every array (`InteractionLog.verify`) and
 prints one line per chunk that cannot be decoded (array, records, the decoder's error), then a summary
 line: `verify: ok ...` (exit code 0) or `verify: DAMAGED ...` naming the damaged arrays and the records
-affected (exit code 1). `--json`: the same as one JSON object. It only reads: damaged data is reported,
+affected (exit code 1); for a sharded run each line names the shard, and records are the run's global
+indices (the shard's own in brackets). `--json`: the same as one JSON object. It only reads: damaged data is reported,
 never repaired or rewritten (training skips such records: learner/train/data.py LogSource).
 
 Safe while the loop is appending: the log is opened read-only, the committed count is taken once at
@@ -77,9 +82,12 @@ from typing import Any
 
 import numpy as np
 
-from data.log import InteractionLog, LogFormatError, VerifyResult, format_indices
+from data.log import InteractionLog, LogFormatError, VerifyResult, format_indices, records_text
 from data.rerun_view import metrics_by_interaction, read_metrics
 from data.schema import Label
+from data.shards import RunLog, RunVerifyResult, find_logs
+
+AnyLog = InteractionLog | RunLog  # one store, or a sharded run read as one log
 
 LABEL_NAMES = tuple(m.name.lower() for m in Label)  # index = Label value
 TIME_BINS = 10
@@ -134,8 +142,18 @@ def resolve_log_path(path: str | os.PathLike) -> Path:
     return p / "interactions.zarr" if (p / "interactions.zarr").is_dir() else p
 
 
-def open_log(path: str | os.PathLike) -> InteractionLog:
-    """Open the log at `path` (run directory or .zarr log) read-only; InspectError if it is neither."""
+def open_log(path: str | os.PathLike) -> AnyLog:
+    """Open the log at `path` read-only: a run directory or .zarr log -> InteractionLog; a sharded run
+    (shards/ in the run directory, or the shards/ directory) -> RunLog. InspectError if it is none."""
+    try:
+        layout = find_logs(path)
+    except OSError:
+        layout = None
+    if (layout is not None and layout.sharded) or (layout is None and (Path(path) / "shards").is_dir()):
+        try:
+            return RunLog.open(path)
+        except (OSError, LogFormatError) as e:  # nothing found, shards that disagree, a shard not a log
+            raise InspectError(f"cannot read the sharded run: {e}") from None
     p = resolve_log_path(path)
     try:
         return InteractionLog.open(p, "r")
@@ -182,8 +200,56 @@ def verify_text(v: VerifyResult, path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_verify(log: InteractionLog, as_json: bool) -> int:
+def shard_verify_json(v: RunVerifyResult, path: Path) -> dict[str, Any]:
+    """A sharded run's verify result: records are global indices; `shard_records` the shard's own."""
+    return {
+        "path": str(path),
+        "ok": not v.damage,
+        "records": v.records,
+        "hypothesis_rows": v.hypothesis_rows,
+        "chunks": v.chunks,
+        "damaged_records": list(v.damaged_records),
+        "shards": [{"shard": str(r.shard.path), "worker_id": r.shard.worker_id, "robot_kind": r.shard.robot_kind,
+                    "records": r.result.records, "damaged_records": sorted({x for d in r.damage for x in d.records})}
+                   for r in v.shards],
+        "damaged": [{"shard": str(r.shard.path), "worker_id": r.shard.worker_id, "array": d.array,
+                     "rows": list(d.rows), "records": list(d.records), "shard_records": list(loc.records),
+                     "owners_known": d.owners_known, "error": d.error}
+                    for r in v.shards for d, loc in zip(r.damage, r.result.damage, strict=True)],
+    }  # fmt: skip
+
+
+def shard_verify_text(v: RunVerifyResult, path: Path) -> str:
+    """One line per shard, one per damaged chunk (naming its shard), then the summary line."""
+    lines = []
+    for r in v.shards:
+        kind = f", {r.shard.robot_kind}" if r.shard.robot_kind else ""
+        sh = f"shard {r.shard.path.name} (worker {r.shard.worker_id}{kind})"
+        bad = sorted({x for d in r.damage for x in d.records})
+        state = f"DAMAGED: records {format_indices(bad) or 'unknown'}" if r.damage else "ok"
+        lines.append(f"{sh}: {r.result.records} committed records, {state}")
+        for d, loc in zip(r.damage, r.result.damage, strict=True):
+            local = records_text(loc.records) or "records unknown"
+            lines.append(f"damaged chunk: {sh}, array {d.array!r}, {d.where()} [shard {local}]: {d.error}")
+    chunks = f"{sum(v.chunks.values())} chunks in {len(v.chunks)} arrays of {len(v.shards)} shards"
+    if not v.damage:
+        lines.append(f"verify: ok: every chunk of the {v.records} committed records decodes ({chunks}); {path}")
+    else:
+        shards = ", ".join(r.shard.path.name for r in v.shards if r.damage)
+        arrays = ", ".join(dict.fromkeys(d.array for d in v.damage))
+        recs = v.damaged_records
+        lines.append(f"verify: DAMAGED: {len(v.damage)} of {chunks} cannot be decoded, in shard {shards} ({arrays}); "
+                     f"records affected: {format_indices(recs) or 'unknown'} ({len(recs)} of {v.records}); {path} "
+                     "(nothing was changed)")
+    return "\n".join(lines) + "\n"  # fmt: skip
+
+
+def run_verify(log: AnyLog, as_json: bool) -> int:
     v = log.verify()
+    if isinstance(v, RunVerifyResult):
+        sys.stdout.write(to_json(shard_verify_json(v, log.path)) + "\n" if as_json else shard_verify_text(v, log.path))
+        sys.stdout.flush()
+        return 1 if v.damage else 0
     sys.stdout.write(to_json(verify_json(v, log.path)) + "\n" if as_json else verify_text(v, log.path))
     sys.stdout.flush()
     return 1 if v.damage else 0
@@ -242,7 +308,27 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def mask_areas(log: InteractionLog, indices: np.ndarray) -> np.ndarray:
+def snapshot(log: AnyLog) -> int:
+    """Re-read the commit marker(s); return the committed records now (the snapshot every read stays in)."""
+    if isinstance(log, RunLog):
+        log.refresh()
+        return len(log)
+    return log.refresh()
+
+
+def run_dir(log: AnyLog) -> Path:
+    """The run directory: the folder holding the log (for a sharded run, the one holding shards/)."""
+    return log.run_dir if isinstance(log, RunLog) else Path(log.path).parent
+
+
+def store_bytes(log: AnyLog) -> int:
+    """Bytes on disk of the log's store(s)."""
+    if isinstance(log, RunLog):
+        return sum(_dir_bytes(s.path) for s in log.shards)
+    return _dir_bytes(log.path)
+
+
+def mask_areas(log: AnyLog, indices: np.ndarray) -> np.ndarray:
     """Pixel area of the extracted mask of each record in `indices` (read in batches)."""
     out = np.zeros(len(indices), dtype=np.int64)
     for k in range(0, len(indices), MASK_BATCH):
@@ -252,7 +338,7 @@ def mask_areas(log: InteractionLog, indices: np.ndarray) -> np.ndarray:
 
 
 def summarize(
-    log: InteractionLog, n: int | None = None, *, mask_sample: int = DEFAULT_MASK_SAMPLE
+    log: AnyLog, n: int | None = None, *, mask_sample: int = DEFAULT_MASK_SAMPLE
 ) -> dict[str, Any]:
     """Summary statistics of the first `n` committed records (default: the committed count now).
 
@@ -262,10 +348,10 @@ def summarize(
     return _summarize(log, n, mask_sample)[0]
 
 
-def _summarize(log: InteractionLog, n: int | None, mask_sample: int) -> tuple[dict[str, Any], np.ndarray]:
+def _summarize(log: AnyLog, n: int | None, mask_sample: int) -> tuple[dict[str, Any], np.ndarray]:
     """-> (summary, measured mask areas of positives in pixels)."""
     if n is None:
-        n = log.refresh()
+        n = snapshot(log)
     H, W = log.height, log.width
     f = log.read_fields(SCALAR_FIELDS, slice(0, n)) if n else None
 
@@ -278,6 +364,9 @@ def _summarize(log: InteractionLog, n: int | None, mask_sample: int) -> tuple[di
         "code_version": log.code_version,
         "created_unix": log.attrs.get("created_unix"),
     }
+    if isinstance(log, RunLog):  # records of each shard among the first n
+        s["shards"] = [{"path": str(sh.path), "worker_id": sh.worker_id, "robot_kind": sh.robot_kind, "records": c}
+                       for sh, c in zip(log.shards, log.shard_counts(n), strict=True)]  # fmt: skip
     if f is None:  # empty log: same keys, nothing to count
         f = {
             name: np.zeros(0, dtype=str if name in ("label_reason", "primitive", "robot_kind") else np.int64)
@@ -363,16 +452,16 @@ def _summarize(log: InteractionLog, n: int | None, mask_sample: int) -> tuple[di
             ("t_start_min", "t_start_max", "start", "end", "span_hours", "interactions_per_hour")
         )
 
-    size = _dir_bytes(log.path)
+    size = store_bytes(log)
     s["disk"] = {"bytes": size, "human": human_bytes(size), "bytes_per_interaction": _rate(size, n)}
     s["learning"] = learning_summary(read_metrics(metrics_path(log)), n, labels, f["model_version"],
                                      f["chosen_hypothesis"])  # fmt: skip
     return s, areas
 
 
-def metrics_path(log: InteractionLog) -> Path:
+def metrics_path(log: AnyLog) -> Path:
     """The loop's metrics.jsonl of a log: in the folder holding the log (the run directory)."""
-    return Path(log.path).parent / METRICS_NAME
+    return run_dir(log) / METRICS_NAME
 
 
 def _split_code_version(cv: str) -> tuple[str, bool]:
@@ -515,8 +604,12 @@ def sections(s: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
         [k, _num(m[k]["pixels"]), _num(m[k]["percent"], "{:.2f}%")] for k in ("mean", "median", "p10", "p90")
     ]
     areas.append(["empty masks", str(m["empty"]), _pct(_rate(m["empty"], m["measured"]))])
+    shards = [[Path(x["path"]).name, str(x["worker_id"]), x["robot_kind"] or "-", str(x["records"])]
+              for x in s.get("shards", [])]  # fmt: skip
     return [
         ("Overview", ["", ""], overview),
+        *([(f"Shards ({len(shards)}; records numbered by start time)",
+            ["shard", "worker", "robot kind", "records"], shards)] if "shards" in s else []),  # fmt: skip
         ("Labels", ["label", "n", "%"], labels),
         ("Label reasons", ["reason", "n", "%"], reasons),
         ("Positive rate by primitive", ["primitive", *RATE_HEADERS], prim),
@@ -678,13 +771,21 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def caption(i: int, f: dict[str, Any], npx: int) -> str:
+def record_where(log: AnyLog, i: int) -> str:
+    """' [worker 1 record 3]' for record i of a sharded run ('' for one store)."""
+    if not isinstance(log, RunLog) or not log.sharded:
+        return ""
+    k, local = log.locate(i)
+    return f" [worker {log.shards[k].worker_id} record {local}]"
+
+
+def caption(i: int, f: dict[str, Any], npx: int, where: str = "") -> str:
     label = LABEL_NAMES[int(f["label"])]
     reason = f" ({f['label_reason']})" if f["label_reason"] else ""
     area = int(np.count_nonzero(f["mask"]))
     grasp = {1: ", grasp succeeded", 0: ", grasp failed"}.get(int(f["grasp_success"]), "")
     return (
-        f"#{i} {f['primitive']} - {label}{reason}{grasp} - model {int(f['model_version'])} - "
+        f"#{i}{where} {f['primitive']} - {label}{reason}{grasp} - model {int(f['model_version'])} - "
         f"mask {area} px ({100 * area / npx:.2f}%)"
     )
 
@@ -692,7 +793,7 @@ def caption(i: int, f: dict[str, Any], npx: int) -> str:
 # ----------------------------------------------------------------------------- HTML report
 
 
-def _plots(log: InteractionLog, n: int, s: dict[str, Any], areas_px: np.ndarray) -> list[tuple[str, bytes]]:
+def _plots(log: AnyLog, n: int, s: dict[str, Any], areas_px: np.ndarray) -> list[tuple[str, bytes]]:
     import io
 
     import matplotlib
@@ -879,7 +980,7 @@ def contact_rows(n: int, max_rows: int, rows: list[int] | None) -> list[int]:
 
 
 def build_html(
-    log: InteractionLog,
+    log: AnyLog,
     n: int,
     rows: list[int],
     *,
@@ -913,7 +1014,7 @@ def build_html(
                      f'evaluations, {len(ls["train"])} training rows</p>')  # fmt: skip
         for title, png in _learning_plots(ls):
             parts.append(f'<p><img class="plot" alt="{e(title)}" src="{data_uri(png)}"></p>')
-    preview = Path(log.path).parent / PREVIEW_NAME
+    preview = run_dir(log) / PREVIEW_NAME
     if preview.is_file():
         png = preview.read_bytes()
         latest = ls["evaluations"][-1] if ls and ls["evaluations"] else None
@@ -933,7 +1034,7 @@ def build_html(
         for i in rows:
             f = log.read_fields(ROW_FIELDS, i)
             label = LABEL_NAMES[int(f["label"])]
-            parts.append(f'<tr><td class="cap {label}" colspan="4">{e(caption(i, f, npx))}</td></tr><tr>')
+            parts.append(f'<tr><td class="cap {label}" colspan="4">{e(caption(i, f, npx, record_where(log, i)))}</td></tr><tr>')
             k = int(f["chosen_hypothesis"])
             names = ("before", "after", "mask", "chosen hypothesis: " + ("none" if k < 0 else str(k)))
             for name, p in zip(names, panels(f, thumb_width), strict=True):
@@ -1001,7 +1102,7 @@ def run(args: argparse.Namespace) -> int:
     with open_log(args.path) as log:
         if args.verify:
             return run_verify(log, args.json)
-        n = log.refresh()  # the snapshot: every read below stays under this count
+        n = snapshot(log)  # every read below stays under this count
         show_index = None
         if args.show is not None:
             if not -n <= args.show < n:
@@ -1029,7 +1130,7 @@ def run(args: argparse.Namespace) -> int:
             f = log.read_fields(ROW_FIELDS, show_index)
             out = args.out if args.out is not None else Path(f"interaction_{show_index:06d}.png")
             _write_atomic(out, png_bytes(np.concatenate(panels(f), axis=1)))
-            print(f"wrote {out}: {caption(show_index, f, log.height * log.width)}", file=sys.stderr)
+            print(f"wrote {out}: {caption(show_index, f, log.height * log.width, record_where(log, show_index))}", file=sys.stderr)
         if args.rerun is not None:
             return rerun_export(log, n, args)
     return 0
@@ -1052,7 +1153,7 @@ def parse_range(text: str | None, n: int) -> range:
     return r
 
 
-def rerun_export(log: InteractionLog, n: int, args: argparse.Namespace) -> int:
+def rerun_export(log: AnyLog, n: int, args: argparse.Namespace) -> int:
     """`--rerun [OUT.rrd]`: the records of `--range` and their metrics rows as a Rerun recording."""
     from data.rerun_view import (
         RerunView,
@@ -1065,11 +1166,11 @@ def rerun_export(log: InteractionLog, n: int, args: argparse.Namespace) -> int:
 
     indices = parse_range(args.range, n)
     rows = read_metrics(metrics_path(log))
-    run_dir = Path(log.path).parent
+    folder = run_dir(log)
     target = args.rerun or ("spawn" if has_display() and viewer_executable() else "serve")
     t0 = time.time()
     try:
-        stream, where = open_stream(target, recording_id=recording_id_for(run_dir), name=run_dir.name,
+        stream, where = open_stream(target, recording_id=recording_id_for(folder), name=folder.name,
                                     grpc_port=args.grpc_port, web_port=args.web_port)  # fmt: skip
     except Exception as e:  # a viewer that cannot start, a port in use: say how to get the data anyway
         raise InspectError(f"--rerun: cannot open a viewer ({type(e).__name__}: {e}); write a file instead: "
@@ -1103,7 +1204,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 --verify found damaged chunks, 2 bad arguments / not a log / unreadable "
                "store / index out of range.",
     )
-    ap.add_argument("path", help="run directory containing interactions.zarr, or the .zarr log itself")
+    ap.add_argument("path", help="run directory containing interactions.zarr and/or shards/, a shards/ "
+                    "directory, or the .zarr log itself")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--html", type=Path, metavar="REPORT", help="write a self-contained HTML report")
     ap.add_argument("--max-rows", type=int, default=40,

@@ -35,7 +35,8 @@ Group attributes: `format` ("interactive-seg/interaction-log"), `schema_version`
 `width`, `intrinsics` (3x3 list or null, pixels), `extrinsics` (4x4 world-from-camera list or null),
 `config` (JSON config snapshot), `code_version`, `created_unix`, `chunk_records`, `vocab`
 ({"primitive": [...], "label_reason": [...], "robot_kind": [...]}, code = list index, grows as
-new strings appear), `committed_count` (= n) and `committed_hypotheses` (= m).
+new strings appear), `committed_count` (= n) and `committed_hypotheses` (= m), plus any extra
+attributes passed to `create(attrs=...)` (a shard's `worker_id` and `robot_kind`: data/shards.py).
 
 Why this layout (measured on the 2-core dev machine with zarr 3.1.6): each zarr array write costs
 ~1.5 ms of CPU (event-loop and thread hand-offs) however small the chunk, so one array per scalar
@@ -211,6 +212,9 @@ _REQUIRED_ATTRS = (
     "committed_count",
     "committed_hypotheses",
 )
+
+
+_CREATE_ATTRS = ("created_unix", "chunk_records")  # written by `create` besides _REQUIRED_ATTRS
 
 
 class LogFormatError(ValueError):
@@ -434,7 +438,7 @@ def _lock_dir(path: Path) -> int:
     return fd
 
 
-def _release_lock(obj: "InteractionLog | None", fd: int) -> None:
+def _release_lock(obj: InteractionLog | None, fd: int) -> None:
     """Release the write lock of a construction that failed, exactly once.
 
     Once the object exists its finalizer owns the descriptor: closing it here as well would let the
@@ -586,6 +590,7 @@ class InteractionLog:
         code_version: str = "",
         chunk_records: int = 16,
         rgb_zstd_level: int = 1,
+        attrs: dict | None = None,
     ) -> InteractionLog:
         """Create a new, empty log at `path` and return it open for appending (mode 'a').
 
@@ -596,6 +601,9 @@ class InteractionLog:
         `OmegaConf.to_container(cfg, resolve=True)` first). `rgb_zstd_level`: zstd level of the
         RGB array; 1 keeps appends fast, 3 saves ~15% disk on noisy real-camera images at ~5 ms more
         per append (noise-free sim renders compress the same at either level).
+        `attrs`: extra JSON-serialisable group attributes stored once at creation (e.g. a shard's
+        `worker_id` and `robot_kind`, see data/shards.py); they may not reuse a name the log itself
+        writes (ValueError).
         """
         path = Path(path)
         if int(height) <= 0 or int(width) <= 0:
@@ -613,6 +621,16 @@ class InteractionLog:
             raise ValueError(f"config_snapshot is not JSON-serialisable: {e}") from e
         K = _matrix_attr("intrinsics", intrinsics, (3, 3))
         T = _matrix_attr("extrinsics", extrinsics, (4, 4))
+        extra = {} if attrs is None else attrs
+        if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+            raise ValueError(f"attrs must be a dict with str keys, got {attrs!r}")
+        reserved = sorted(set(extra) & {*_REQUIRED_ATTRS, *_CREATE_ATTRS})
+        if reserved:
+            raise ValueError(f"attrs: {reserved} are written by the log itself; choose other names")
+        try:
+            extra = json.loads(json.dumps(extra, allow_nan=False))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"attrs is not JSON-serialisable: {e}") from e
 
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise FileExistsError(
@@ -642,7 +660,8 @@ class InteractionLog:
                     dimension_names=spec.dims,
                     attributes=array_attrs,
                 )
-            attrs = {
+            group_attrs = {
+                **extra,
                 "schema_version": SCHEMA_VERSION,
                 "height": int(height),
                 "width": int(width),
@@ -656,7 +675,7 @@ class InteractionLog:
                 "committed_count": 0,
                 "committed_hypotheses": 0,
             }
-            group.update_attributes(attrs)
+            group.update_attributes(group_attrs)
             group.update_attributes({"format": FORMAT_NAME})  # last: a half-created dir is "not a log"
             meta = _Meta(int(height), int(width), 0, 0, {f: [] for f in STRING_FIELDS}, group.attrs.asdict())
             obj = cls(path, "a", group, arrays, meta, store, lock_fd)

@@ -6,9 +6,10 @@
 # `dev` -> chromium (tests/test_inspect.py renders the HTML report headless). Installed with apt-get when
 # run as root and missing; otherwise the command that installs them is printed.
 # Any failed step (apt-get, pip, the final import check) stops the script with a non-zero exit status.
-# Extras: dev (pytest, ruff), franka (the real cell's libraries), viz (rerun-sdk: `python -m data.inspect --rerun`,
+# Extras: dev (pytest, ruff), franka (the real cell's libraries), ray (the actor-learner loop, `loop.workers=N`),
+# viz (rerun-sdk: `python -m data.inspect --rerun`,
 # `loop.viz=rerun`; no system package needed).
-# Usage: bash scripts/setup.sh [extra ...]   e.g. `bash scripts/setup.sh dev` or `bash scripts/setup.sh dev franka viz`
+# Usage: bash scripts/setup.sh [extra ...]   e.g. `bash scripts/setup.sh dev` or `bash scripts/setup.sh dev franka viz ray`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -15,7 +15,7 @@ PACKAGES = ("data", "sim", "robot", "learner")
 # the direction imports may point: a package may import only packages listed before it
 TOP_LEVEL_ORDER = ("data", "sim", "robot", "learner", "run_loop")
 LEARNER_ORDER = ("learner.proposals", "learner.model", "learner.train", "learner.deploy", "learner.evaluate",
-                 "learner.loop", "learner.bench")
+                 "learner.loop", "learner.fleet", "learner.bench")
 # the torch-free runtime: the proposal pipeline and what `learner.deploy.runtime` needs (export may use torch)
 TORCH_FREE_ROOTS = ("learner.deploy", "learner.deploy.runtime")
 

@@ -97,6 +97,16 @@ def validate(cfg: Any) -> None:
     _check(not (loop.eval_domain == "cross" and loop.eval_split == "train"), "loop.eval_split",
            "the cross domain has only val and test halves (evaluation-only objects)")
     _check(loop.viz in ("none", "rerun"), "loop.viz", f"must be none or rerun, got {loop.viz!r}")
+    _check(loop.workers >= 0, "loop.workers", f"must be >= 0 (0 = single process, N = N collector actors on Ray), "
+           f"got {loop.workers}")
+    if loop.workers > 0:
+        _check(loop.viz == "none", "loop.viz", "the live view follows a single-process run (loop.workers=0)")
+        try:
+            import ray  # noqa: F401
+        except ImportError as e:  # fail at start, naming the extra
+            raise ImportError(f"loop.workers > 0 runs the actor-learner loop on Ray, which is not installed ({e}); "
+                              "install the `ray` extra: bash scripts/setup.sh ray (or pip install -e '.[ray]'), or run "
+                              "single-process with loop.workers=0") from None
     if loop.viz == "rerun":  # fail at start, not after the first interaction
         from data.rerun_view import check_live_target, require_rerun
 

@@ -24,7 +24,6 @@ resuming never needs the source again, and a run directory that has a checkpoint
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -32,20 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from data.frame_diff import FrameDiffConfig
 from data.log import InteractionLog
-from data.schema import Label
 from learner.loop.agent import Agent, AgentConfig
+from learner.loop.collect import Collector
 from learner.loop.init_source import InitSource
+from learner.loop.learner_side import EvalTarget, LearnerState, LoopLearner, atomic_json
 from learner.loop.provenance import code_version
-from learner.loop.record import build_record
-from learner.model.backend import torch_segmenter
 from learner.model.network import SegmenterConfig
 from learner.proposals.config import ProposalConfig
-from learner.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, log_source
+from learner.train.trainer import TrainConfig, Trainer
 from robot.base import Robot
 
 
@@ -72,25 +69,21 @@ class LoopSettings:
     # port 9090, gRPC 9876) or the rerun+http:// URL of a running viewer
     viz: str = "none"
     viz_path: str = ""
+    # actor-learner on Ray (learner/fleet/, the `ray` extra): N collector actors, each with its own robot and
+    # log shard, and one learner actor that retrains in the background; 0 = this single process, no Ray.
+    # ray_address: "" = a local Ray instance; "auto" or "ray://host:10001" = a running cluster (docs/scale.md)
+    workers: int = 0
+    ray_address: str = ""
 
 
 @dataclass
-class LoopState:
-    interactions: int = 0
-    model_version: int = 0
+class LoopState(LearnerState):
+    """loop_state.json of a single-process run: the learner's state plus the robot side's."""
+
     elapsed_s: float = 0.0
-    last_eval: dict[str, float] = field(default_factory=dict)
-    baseline: dict[str, float] = field(default_factory=dict)
     agent: dict[str, Any] = field(default_factory=dict)
     agent_rng: dict[str, Any] = field(default_factory=dict)
     robot: dict[str, Any] = field(default_factory=dict)
-    init: dict[str, Any] = field(default_factory=dict)  # the `learner.init` source this run started from, if any
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
 
 
 class InteractiveLoop:
@@ -104,14 +97,17 @@ class InteractiveLoop:
         self.frame_diff = frame_diff
         self.config_snapshot = config_snapshot or {}
         self.log_path = self.run_dir / "interactions.zarr"
-        self.ckpt_path = self.run_dir / "checkpoints" / CHECKPOINT_NAME
-        self.model_path = self.run_dir / "model" / "segmenter.pt"
-        self.metrics_path = self.run_dir / "metrics.jsonl"
         self.state_path = self.run_dir / "loop_state.json"
         self.init = init  # used only when the run directory has no checkpoint of its own (see _load)
         self.trainer = Trainer(train_cfg, model_cfg, seed=loop.seed)
         self.agent = Agent(agent_cfg, np.random.default_rng(loop.seed))
+        self.collector = Collector(robot, self.agent, frame_diff)
         self.state = LoopState()
+        cell = getattr(getattr(robot, "cfg", None), "cell", "") or ""
+        self.learner = LoopLearner(self.run_dir, loop, self.trainer, self.state, self._save_state,
+                                   EvalTarget(getattr(robot, "kind", ""), cell), self.log_path)
+        self.ckpt_path, self.model_path = self.learner.ckpt_path, self.learner.model_path
+        self.metrics_path = self.learner.metrics_path
         self._stop = False
         self.session: dict[str, Any] = {"interactions": 0, "positives": 0, "hits_model": [], "hits_explore": [],
                                         "by_version": {}}
@@ -119,175 +115,36 @@ class InteractiveLoop:
     # ---------------------------------------------------------------- persistence
     def _load(self, log: InteractionLog) -> None:
         if self.state_path.exists():
-            s = json.loads(self.state_path.read_text())
-            self.state = LoopState(**s)
-            self.agent.load_state_dict(self.state.agent)
-            if self.state.agent_rng:
-                self.agent.rng.bit_generator.state = self.state.agent_rng
-            if hasattr(self.robot, "load_state_dict"):
-                self.robot.load_state_dict(self.state.robot)
-        self.state.interactions = len(log)  # the log is the source of truth (a crash may have cut the state file)
-        if self.ckpt_path.exists():
-            if self.init is not None:
-                tqdm.write(f"learner.init={self.init.given} ignored: resuming {self.run_dir} from its own checkpoint "
-                           f"{self.ckpt_path}")
-            self.trainer.load(self.ckpt_path)
-            self.state.model_version = self.trainer.model_version
-            self.init = None
-
-    def _start_from(self, init: InitSource) -> None:
-        """A fresh run from a trained model: its weights and architecture (over the configured
-        learner.model), a fresh optimiser, model version 1; the run's own checkpoint is written at once."""
-        wanted = self.trainer.model.config.to_dict()
-        got = init.model.config.to_dict()
-        differ = {k: {"config": wanted.get(k), "checkpoint": v} for k, v in got.items() if wanted.get(k) != v}
-        self.trainer.start_from(init.model, model_version=1, input_size=init.input_size)
-        self.state.model_version = self.trainer.model_version
-        self.state.init = {"source": init.given, "checkpoint": str(init.checkpoint), "kind": init.kind,
-                           "source_meta": init.meta, "at_interaction": self.state.interactions}
-        self._metric({"kind": "init", "source": init.given, "checkpoint": str(init.checkpoint), "source_kind": init.kind,
-                      "model_version": self.trainer.model_version, "interactions": self.state.interactions,
-                      "source_meta": init.meta, "model_config_from_checkpoint": sorted(differ)})
-        self.trainer.save(self.ckpt_path)  # from now on this run resumes from its own checkpoint
-        tqdm.write(f"learner.init: starting from {init.checkpoint} as model v{self.trainer.model_version} "
-                   f"({self.trainer.model.num_parameters()} parameters, fresh optimiser)")
-        if differ:
-            tqdm.write("learner.init: the checkpoint's architecture wins over learner.model.* for "
-                       + ", ".join(f"{k} (config {v['config']}, checkpoint {v['checkpoint']})" for k, v in differ.items()))
-        self._save_state()
+            self.state = LoopState.from_json(json.loads(self.state_path.read_text()))
+            self.learner.state = self.state
+            self.collector.load_state_dict({"agent": self.state.agent, "agent_rng": self.state.agent_rng,
+                                            "robot": self.state.robot})
+        # the log is the source of truth for the count (a crash may have cut the state file)
+        self.init = self.learner.load(len(log), self.init)
 
     def _save_state(self) -> None:
-        self.state.agent = self.agent.state_dict()
-        self.state.agent_rng = self.agent.rng.bit_generator.state
-        if hasattr(self.robot, "state_dict"):
-            self.state.robot = self.robot.state_dict()
-        _atomic_json(self.state_path, self.state.__dict__)
+        c = self.collector.state_dict()
+        self.state.agent, self.state.agent_rng, self.state.robot = c["agent"], c["agent_rng"], c.get("robot", {})
+        atomic_json(self.state_path, self.state.__dict__)
+        self.learner.mark_saved()
 
     def _metric(self, rec: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(rec, default=float) + "\n")
+        self.learner.metric(rec)
 
     def export_model(self) -> Path:
-        """Write the latest deployable model (state dict + config + provenance + last metrics)."""
-        self.model_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.model_path.with_suffix(".tmp")
-        torch.save({
-            "model": self.trainer.model.state_dict(),
-            "model_config": self.trainer.model.config.to_dict(),
-            "model_version": self.trainer.model_version,
-            "interactions": self.state.interactions,
-            "train_steps": self.trainer.step,
-            "input_size": list(self.trainer.input_size) if self.trainer.input_size else None,
-            "metrics": json.dumps(self.state.last_eval),
-            "oracle": False,
-        }, tmp)
-        os.replace(tmp, self.model_path)
-        return self.model_path
-
-    # ---------------------------------------------------------------- evaluation
-    def _eval_dir(self) -> Path | None:
-        if self.loop.eval_scenes <= 0 or getattr(self.robot, "kind", "") != "sim":
-            return None
-        domain = self.loop.eval_domain
-        # a robot in a named cell (robot.cell) is evaluated in that cell's randomised scenes (with held-out objects)
-        cell = getattr(getattr(self.robot, "cfg", None), "cell", "") if domain != "narrow" else ""
-        d = self.run_dir / ("eval_scenes" if domain == "narrow" else f"eval_scenes_{domain}{'_' + cell if cell else ''}")
-        if not (d / "instances_coco.json").exists():
-            from sim.export_scenes import export_scenes
-
-            if d.exists():  # a torn earlier export: start it again
-                import shutil
-
-                shutil.rmtree(d)
-            export_scenes(d, self.loop.eval_split, self.loop.eval_scenes, seed=1000 + self.loop.seed, progress=False,
-                          domain=domain, cell=cell)
-        return d
+        return self.learner.export_model()
 
     def evaluate(self) -> dict[str, float]:
-        from learner.evaluate.harness import evaluate_segmenter
+        return self.learner.evaluate()
 
-        d = self._eval_dir()
-        if d is None:
-            return {}
-        if not self.state.baseline:
-            from learner.evaluate.baselines.depth_clustering import DepthClusteringSegmenter
-
-            b = evaluate_segmenter(DepthClusteringSegmenter().predict, d, double_pick=False, per_scene=False)
-            self.state.baseline = {k: v for k, v in b.items() if isinstance(v, float)}
-            self._metric({"kind": "baseline", "name": "depth_clustering", **self.state.baseline})
-        seg = torch_segmenter(self.trainer.model, self.loop.proposals, net_size=self.trainer.input_size)
-        from data.scene_io import list_scenes
-        from learner.evaluate.preview import PREVIEW_NAME, PREVIEW_SCENES, write_preview
-
-        ids, shown = list_scenes(d)[:PREVIEW_SCENES], []
-
-        def predict(rgb, depth, K):  # the first scenes' predictions also go into RUN/eval_preview.png
-            out = seg.predict(rgb, depth, K)
-            if len(shown) < len(ids):
-                shown.append((ids[len(shown)], out))
-            return out
-
-        r = evaluate_segmenter(predict, d, double_pick=False, per_scene=False)
-        res = {k: v for k, v in r.items() if isinstance(v, float)}
-        self.state.last_eval = {"interactions": self.state.interactions, "model_version": self.trainer.model_version, **res}
-        write_preview(self.run_dir / PREVIEW_NAME, d, shown,
-                      f"model v{self.trainer.model_version} after {self.state.interactions} interactions, held-out "
-                      f"{self.loop.eval_split} scenes: AP50 {res.get('AP50', float('nan')):.3f}")
-        self._metric({"kind": "eval", **self.state.last_eval})
-        return res
+    def retrain(self) -> None:
+        self.learner.retrain()
 
     # ---------------------------------------------------------------- one interaction
     def interact(self, log: InteractionLog) -> dict[str, Any]:
-        t0 = time.time()
-        before = self.robot.get_observation()
-        H, W = before.depth.shape
-        masks, scores = np.zeros((0, H, W), bool), np.zeros(0, np.float32)
-        if self.trainer.model_version > 0:  # an untrained model proposes nothing useful: cold start
-            inst = self._segmenter().predict(before.rgb, before.depth, before.K)
-            masks, scores = inst.masks, inst.scores
-        action, chosen, _ = self.agent.choose(before, masks, scores, confidence_fn=self._confidence_fn())
-        outcome = self.robot.send_action(action)
-        after = self.robot.get_observation()
-        rec = build_record(before, after, action, outcome, hypotheses=masks, hypothesis_scores=scores,
-                           chosen_hypothesis=chosen, model_version=self.trainer.model_version,
-                           robot_kind=getattr(self.robot, "kind", "unknown"), table_bounds=self.robot.table_bounds,
-                           frame_diff=self.frame_diff, t_start=t0)
-        index = log.append(rec)
-        viz = getattr(self, "_viz", None)
-        viz_seconds = viz.record(index, rec) if viz is not None else None
-        if rec.label != Label.INVALID:
-            self.agent.update(action.primitive, rec.label == Label.POSITIVE)
-        row = {"kind": "interaction", "index": index, "primitive": action.primitive.value, "label": rec.label.name.lower(),
-               "reason": rec.label_reason, "chosen_hypothesis": chosen, "n_hypotheses": int(len(masks)),
-               "model_version": self.trainer.model_version, "seconds": time.time() - t0}
-        if viz_seconds is not None:  # the live view's share of `seconds` (data/rerun_view.py)
-            row["viz_seconds"] = viz_seconds
-        gt = outcome.info.get("ground_truth") if outcome.info else None
-        if gt is not None:  # sim only: did the chosen pixel land on an object? (evaluation, never training)
-            u, v = (int(round(x)) for x in action.pixel)
-            row["hit_object_gt"] = bool(gt["instance_label_before"][v, u] > 0)
-        return row
-
-    def _segmenter(self):
-        """The current model (retrained in place) with the proposals the agent acts on."""
-        return torch_segmenter(self.trainer.model, self.agent.cfg.proposals, net_size=self.trainer.input_size,
-                               version=self.trainer.model_version)
-
-    def _confidence_fn(self):
-        """p-confidence masks for grasp targets (Latent-MaskRCNN), when `agent.grasp_confidence_p` is set."""
-        cfg = self.agent.cfg
-        if cfg.grasp_confidence_p is None or self.trainer.model_version == 0:
-            return None
-        from learner.proposals.segmenter import SamplerConfig
-
-        sampler = SamplerConfig(samples=cfg.grasp_confidence_samples)
-
-        def fn(frame, p: float):
-            inst = self._segmenter().predict_distributional(frame.rgb, frame.depth, frame.K, mode="confidence", p=p,
-                                                            sampler=sampler)
-            return inst.masks, inst.scores
-
-        return fn
+        """One interaction with the trainer's current model (learner/loop/collect.py)."""
+        self.collector.set_model(self.trainer.model, self.trainer.model_version, self.trainer.input_size)
+        return self.collector.interact(log)
 
     # ---------------------------------------------------------------- main
     def _on_sigint(self, signum, frame) -> None:
@@ -306,7 +163,7 @@ class InteractiveLoop:
             start_n = self.state.interactions
             self._metric({"kind": "run_start", "interactions": start_n, "code_version": version, "unix": time.time()})
             if self.init is not None:  # a fresh run directory (no checkpoint of its own): start from the given model
-                self._start_from(self.init)
+                self.learner.start_from(self.init)
                 if lp.eval_interval:  # where the given model starts in this cell: the first point of its curve
                     self.evaluate()
             self._viz = None
@@ -315,7 +172,9 @@ class InteractiveLoop:
 
                 self._viz = LiveRerun.for_run(lp.viz_path, self.run_dir, self.metrics_path)
                 tqdm.write(f"live view: {self._viz.where}")
+            self.collector.viz = self._viz
             old = signal.signal(signal.SIGINT, self._on_sigint)
+            self.learner.catch_up(self.state.interactions)  # a retrain or evaluation a killed run left undone
             t_start = time.time()
             bar = tqdm(total=lp.interactions, initial=min(start_n, lp.interactions), desc="interactions",
                        disable=not lp.progress, dynamic_ncols=True)
@@ -329,11 +188,7 @@ class InteractiveLoop:
                         self.state.interactions = row["index"] + 1
                         self._metric(row)
                         self._session_update(row)
-                        n = self.state.interactions
-                        if n % lp.update_interval == 0 and lp.train_steps > 0:
-                            self.retrain()
-                        if lp.eval_interval and n % lp.eval_interval == 0:
-                            self.evaluate()
+                        self.learner.catch_up(self.state.interactions)
                         if self._viz is not None:
                             self._viz.poll()  # the metrics rows written since (interaction, training, evaluation)
                         self._save_state()
@@ -352,18 +207,6 @@ class InteractiveLoop:
                 self.state.elapsed_s += time.time() - t_start
                 self._save_state()
         return self.summary(start_n)
-
-    def retrain(self) -> None:
-        source = log_source(self.log_path, self.trainer.cfg)
-        if not source.positives and not source.negatives:
-            return
-        stats = self.trainer.train(source, steps=self.loop.train_steps, metrics_path=self.metrics_path, progress=False)
-        self.trainer.save(self.ckpt_path)
-        self.state.model_version = self.trainer.model_version
-        self.export_model()
-        tqdm.write(f"retrained -> model v{self.trainer.model_version}: {stats['steps']} steps in {stats['seconds']:.0f} s, "
-                   f"loss {stats.get('loss', float('nan')):.3f} ({len(source.positives)} positives, "
-                   f"{len(source.negatives)} negatives, {len(source.bank)} cut-outs)")
 
     # ---------------------------------------------------------------- reporting
     def _image_size(self) -> tuple[int, int]:

@@ -37,6 +37,11 @@ DEFER_RECORD = "++hydra.output_subdir=null"  # Hydra writes no RUN/.hydra/ itsel
 RECORD_SUBDIR = ".hydra"  # Hydra's default output_subdir
 
 
+def make_robot_from_dict(d: dict[str, Any]) -> Robot:
+    """`make_robot` of a plain dict (a fleet collector's robot config, learner/fleet/)."""
+    return make_robot(OmegaConf.create(d))
+
+
 def make_robot(node: Any) -> Robot:
     if node.kind == "sim":
         from robot.sim_robot import SimRobot, SimRobotConfig
@@ -126,6 +131,9 @@ def build_loop(cfg: DictConfig, run_dir: str) -> InteractiveLoop:
     validate(cfg)
     model_cfg = SegmenterConfig.from_dict(OmegaConf.to_container(cfg.learner.model, resolve=True))
     train_cfg = to_dataclass(TrainConfig, cfg.learner)
+    if (Path(run_dir) / "shards").is_dir():
+        raise ValueError(f"{run_dir} is an actor-learner run (shards/): resume it with loop.workers=N (N > 0), or start "
+                         "a single-process run in a new hydra.run.dir; nothing was changed")
     check_model(cfg, run_dir, model_cfg)
     init = init_source(cfg, run_dir)
     loop = InteractiveLoop(
@@ -211,3 +219,4 @@ def print_summary(s: dict[str, Any]) -> None:
     print("\nSummary")
     for k, v in rows:
         print(f"  {k:<{w}}  {v}")
+

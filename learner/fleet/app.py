@@ -1,0 +1,81 @@
+"""`run_loop.py ... loop.workers=N`: build the actor-learner run from a composed config, check it, run it.
+
+The same contract as the single-process `learner.loop.setup.run_app`: a start that cannot go ahead prints
+one `error:` line and exits with status 2, touching nothing of the run directory; the config is recorded
+once the start is accepted; a failure during the run exits with status 1 and keeps every committed record.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from data.frame_diff import FrameDiffConfig
+from data.log import LogFormatError, LogLockedError
+from data.shards import RunLog
+from learner.fleet.driver import FleetRun, plain, print_fleet_summary
+from learner.fleet.workers import CollectorSpec, LearnerSpec, quota
+from learner.loop.agent import AgentConfig
+from learner.loop.config import to_dataclass, validate
+from learner.loop.interactive import LoopSettings
+from learner.loop.learner_side import EvalTarget
+from learner.loop.setup import check_model, init_source, record_config
+from learner.model.network import SegmenterConfig
+from learner.train.trainer import TrainConfig
+
+
+def build_fleet(cfg: DictConfig, run_dir: str):
+    """The actor-learner run (`loop.workers` > 0, learner/fleet/) of a composed config, checked like
+    `build_loop` before anything of the run directory is written (and the run's layout: a single-process
+    run directory is not resumed as a fleet, nor the reverse; shards that disagree are refused)."""
+    validate(cfg)
+    model_cfg = SegmenterConfig.from_dict(OmegaConf.to_container(cfg.learner.model, resolve=True))
+    train_cfg = to_dataclass(TrainConfig, cfg.learner)
+    check_model(cfg, run_dir, model_cfg)
+    run = Path(run_dir)
+    if (run / "interactions.zarr").exists():
+        raise ValueError(f"{run} is a single-process run (interactions.zarr): resume it with loop.workers=0, or start "
+                         "the actor-learner loop in a new hydra.run.dir; nothing was changed")
+    if (run / "shards").is_dir():
+        try:
+            with RunLog.open(run) as log:
+                have = (log.height, log.width)
+        except (LogFormatError, FileNotFoundError) as e:
+            raise ValueError(f"cannot resume: {e}") from None
+        want = (int(cfg.robot.height), int(cfg.robot.width)) if cfg.robot.kind == "sim" else None
+        if want is not None and have != want:
+            raise ValueError(f"cannot resume: the shards in {run / 'shards'} hold {have[0]}x{have[1]} images, "
+                             f"robot.height/width ask for {want[0]}x{want[1]}; nothing was changed")
+    init = init_source(cfg, run_dir)  # checked now (a bad path fails at start); the learner actor resolves it again
+    loop_settings = to_dataclass(LoopSettings, cfg.loop)
+    workers = int(cfg.loop.workers)
+    robot = plain(cfg.robot)
+    specs = [CollectorSpec(str(run), w, quota(int(cfg.loop.interactions), workers, w), robot,
+                           to_dataclass(AgentConfig, cfg.agent), to_dataclass(FrameDiffConfig, cfg.frame_diff),
+                           seed=int(cfg.loop.seed)) for w in range(workers)]
+    learner = LearnerSpec(str(run), loop_settings, train_cfg, model_cfg,
+                          EvalTarget(str(cfg.robot.kind), str(cfg.robot.get("cell", "") or "")),
+                          str(cfg.learner.init) if init is not None else "")
+    return FleetRun(cfg, run, specs, learner)
+
+
+def run_fleet_app(cfg: DictConfig):
+    """`run_app` for `loop.workers` > 0: the same start checks and exit statuses, the actor-learner loop."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        fleet = build_fleet(cfg, HydraConfig.get().runtime.output_dir)
+    except (ValueError, ImportError, LogLockedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    record_config(cfg)
+    try:
+        summary = fleet.run()
+    except (RuntimeError, LogFormatError) as e:
+        print(f"error: {type(e).__name__}: {e}\nevery committed interaction is safe in {fleet.run_dir / 'shards'}; "
+              "run the same command again to resume", file=sys.stderr)
+        sys.exit(1)
+    print_fleet_summary(summary)
+    return fleet

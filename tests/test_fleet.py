@@ -1,0 +1,191 @@
+"""The actor-learner loop on real Ray (local, num_cpus=2): shards that read as one log, a collector killed
+with SIGKILL, the whole run killed and resumed, and the bad inputs of `loop.workers`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.log import InteractionLog
+from data.shards import RunLog, open_shard_writer, shard_path
+from tests.fs_helpers import tree_hash
+from tests.test_loop import ROOT, TINY
+
+FLEET = [*TINY, "loop.workers=2", "loop.eval_scenes=0"]
+
+
+def run_loop(run_dir: Path, *overrides: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "run_loop.py"), "robot=sim", f"hydra.run.dir={run_dir}", *FLEET, *overrides]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def shard_keys(run_dir: Path) -> list[tuple[int, int]]:
+    """(worker id, local index) of every record, in global-index order."""
+    with RunLog.open(run_dir) as log:
+        out = []
+        for i in range(len(log)):
+            k, local = log.locate(i)
+            out.append((log.shards[k].worker_id, local))
+        return out
+
+
+def test_two_collectors_and_a_learner_give_two_shards_that_read_as_one_log(tmp_path):
+    run = tmp_path / "run"
+    r = run_loop(run, "loop.interactions=10", "loop.update_interval=4", "loop.train_steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (run / "interactions.zarr").exists()
+    assert shard_path(run, 0).is_dir() and shard_path(run, 1).is_dir()
+    with RunLog.open(run) as log:
+        assert len(log) == 10
+        assert sorted(s.worker_id for s in log.shards) == [0, 1] and [s.count for s in log.shards] == [5, 5]
+        assert {s.robot_kind for s in log.shards} == {"sim"}
+    keys = shard_keys(run)
+    assert len(set(keys)) == 10 and sorted(keys) == [(w, i) for w in (0, 1) for i in range(5)]  # no duplicate/missing
+    rows = metrics(run)
+    inter = [m for m in rows if m["kind"] == "interaction"]
+    assert sorted((m["worker"], m["index"]) for m in inter) == sorted(keys)
+    # the learner retrained at 4 and 8 records (10 // 4 = 2 scheduled retrains), in its own process
+    trains = {m["model_version"] for m in rows if m["kind"] == "train"}
+    assert trains == {0, 1}
+    end = [m for m in rows if m["kind"] == "run_end"][-1]
+    assert end["model_version"] == 2 and end["interactions_total"] == 10
+    assert "Summary (actor-learner)" in r.stdout and "worker 1" in r.stdout
+    assert (run / "model" / "segmenter.pt").exists() and (run / "checkpoints" / "last.pt").exists()
+
+
+def test_a_collector_killed_with_sigkill_is_restarted_and_loses_nothing_committed(tmp_path):
+    ray = pytest.importorskip("ray")
+    from data.frame_diff import FrameDiffConfig
+    from learner.fleet.actors import CollectorActor, ModelBoard
+    from learner.fleet.workers import CollectorSpec
+    from learner.loop.agent import AgentConfig
+
+    run = tmp_path / "run"
+    robot = {"kind": "sim", "domain": "narrow", "interactions_per_scene": 8, "seed": 0, "width": 320, "height": 240}
+    spec = CollectorSpec(str(run), 0, 12, robot, AgentConfig(), FrameDiffConfig())
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        board = ModelBoard.remote()
+        actor = CollectorActor.remote(spec, board)
+        rows = [ray.get(actor.interact.remote()) for _ in range(3)]
+        assert [r["shard_records"] for r in rows] == [1, 2, 3]
+        with InteractionLog.open(shard_path(run, 0), "r") as log:
+            committed = [log[i].rgb_before for i in range(len(log))]
+        pid = ray.get(actor.pid.remote())
+        ref = actor.interact.remote()
+        time.sleep(0.05)  # mid-interaction (rendering, acting or appending), as far as timing allows
+        os.kill(pid, signal.SIGKILL)
+        try:
+            ray.get(ref)  # the interaction in flight may have committed before the kill, or not
+        except ray.exceptions.RayError:
+            pass
+        for _ in range(60):  # Ray restarts it: __init__ reopens (and repairs) the shard
+            try:
+                row = ray.get(actor.interact.remote())
+                break
+            except ray.exceptions.RayError:
+                time.sleep(0.5)
+        assert ray.get(actor.pid.remote()) != pid
+        assert row["shard_records"] >= 4
+        ray.get(actor.close.remote())
+    finally:
+        ray.shutdown()
+    with InteractionLog.open(shard_path(run, 0), "r") as log:
+        assert len(log) == row["shard_records"]
+        for i, rgb in enumerate(committed):  # every record committed before the kill is intact
+            np.testing.assert_array_equal(log[i].rgb_before, rgb)
+        assert log.verify().damage == ()
+
+
+def test_workers_2_resumes_after_the_whole_run_is_killed(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "run_loop.py"), "robot=sim", f"hydra.run.dir={run}", *FLEET,
+           "loop.interactions=14", "loop.update_interval=4", "loop.train_steps=2"]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        seen = 0
+        while time.time() < deadline and p.poll() is None:
+            time.sleep(1.0)
+            try:
+                with RunLog.open(run) as log:
+                    seen = len(log)
+            except (FileNotFoundError, ValueError):
+                continue
+            if seen >= 5:
+                break
+        assert p.poll() is None and seen >= 5, "the run ended or stalled before it could be killed"
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)  # the driver, the Ray processes and the actors
+        p.wait()
+    time.sleep(2.0)
+    with RunLog.open(run) as log:
+        before = {(log.shards[log.locate(i)[0]].worker_id, log.locate(i)[1]): log[i].rgb_before for i in range(len(log))}
+    r = run_loop(run, "loop.interactions=14", "loop.update_interval=4", "loop.train_steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    with RunLog.open(run) as log:
+        assert len(log) == 14 and [s.count for s in log.shards] == [7, 7]
+        for i in range(len(log)):
+            k, local = log.locate(i)
+            key = (log.shards[k].worker_id, local)
+            if key in before:  # nothing committed before the kill was lost or changed
+                np.testing.assert_array_equal(log[i].rgb_before, before[key])
+    assert len(set(shard_keys(run))) == 14
+    ends = [m for m in metrics(run) if m["kind"] == "run_end"]
+    assert ends[-1]["model_version"] == 3  # 14 // 4 scheduled retrains, none skipped by the kill
+
+
+def test_bad_worker_counts_and_layouts_fail_clearly_touching_nothing(tmp_path):
+    r = run_loop(tmp_path / "neg", "loop.workers=-1", timeout=120)
+    assert r.returncode == 2 and "loop.workers" in r.stderr and not (tmp_path / "neg" / "shards").exists()
+
+    # Ray missing: a `ray` package that cannot be imported shadows the installed one
+    fake = tmp_path / "noray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named ray (test stand-in)')\n")
+    env = {**os.environ, "PYTHONPATH": str(fake.parent)}
+    r = run_loop(tmp_path / "noray_run", timeout=120, env=env)
+    assert r.returncode == 2 and "`ray` extra" in r.stderr
+    assert not any(p.name in ("shards", ".hydra") for p in (tmp_path / "noray_run").glob("*"))
+
+    # shards that disagree on image size: refused, naming the shards; nothing touched
+    run = tmp_path / "disagree"
+    open_shard_writer(run, 0, "sim", 240, 320).close()
+    _raw_shard(run, 1, 120, 160)
+    before = tree_hash(run / "shards")
+    r = run_loop(run, timeout=120)
+    assert r.returncode == 2 and "error:" in r.stderr and "120" in r.stderr, r.stderr[-2000:]
+    assert tree_hash(run / "shards") == before and not (run / ".hydra").exists()
+
+    # a single-process run directory is not resumed as a fleet
+    single = tmp_path / "single"
+    InteractionLog.create(single / "interactions.zarr", 240, 320).close()
+    before = tree_hash(single / "interactions.zarr")
+    r = run_loop(single, timeout=120)
+    assert r.returncode == 2 and "single-process" in r.stderr and tree_hash(single / "interactions.zarr") == before
+    assert not (single / "shards").exists()
+    # nor a fleet's run directory as a single process
+    sharded = tmp_path / "sharded"
+    open_shard_writer(sharded, 0, "sim", 240, 320).close()
+    before = tree_hash(sharded / "shards")
+    r = run_loop(sharded, "loop.workers=0", timeout=120)
+    assert r.returncode == 2 and "actor-learner run" in r.stderr and tree_hash(sharded / "shards") == before
+    assert not (sharded / "interactions.zarr").exists()
+
+
+def _raw_shard(run: Path, worker_id: int, height: int, width: int) -> None:
+    """A shard of another image size, written past the writer's own check (as a copied-in store would be)."""
+    InteractionLog.create(shard_path(run, worker_id), height, width,
+                          attrs={"worker_id": worker_id, "robot_kind": "sim"}).close()
