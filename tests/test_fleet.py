@@ -16,7 +16,7 @@ import pytest
 
 from data.log import InteractionLog
 from data.shards import RunLog, open_shard_writer, shard_path
-from tests.fs_helpers import tree_hash
+from tests.fs_helpers import fresh_copy, tree_hash
 from tests.test_loop import ROOT, TINY
 
 FLEET = [*TINY, "loop.workers=2", "loop.eval_scenes=0"]
@@ -41,10 +41,17 @@ def shard_keys(run_dir: Path) -> list[tuple[int, int]]:
         return out
 
 
-def test_two_collectors_and_a_learner_give_two_shards_that_read_as_one_log(tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def fleet_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """Two collectors and the learner: 10 interactions, retrains at 4 and 8 records."""
+    run = tmp_path_factory.mktemp("fleet") / "run"
     r = run_loop(run, "loop.interactions=10", "loop.update_interval=4", "loop.train_steps=2")
     assert r.returncode == 0, r.stderr[-3000:]
+    return run, r
+
+
+def test_two_collectors_and_a_learner_give_two_shards_that_read_as_one_log(fleet_run):
+    run, r = fleet_run
     assert not (run / "interactions.zarr").exists()
     assert shard_path(run, 0).is_dir() and shard_path(run, 1).is_dir()
     with RunLog.open(run) as log:
@@ -189,3 +196,89 @@ def _raw_shard(run: Path, worker_id: int, height: int, width: int) -> None:
     """A shard of another image size, written past the writer's own check (as a copied-in store would be)."""
     InteractionLog.create(shard_path(run, worker_id), height, width,
                           attrs={"worker_id": worker_id, "robot_kind": "sim"}).close()
+
+
+def test_a_damaged_shard_or_a_contradicting_model_stops_the_resume_touching_nothing(fleet_run, tmp_path):
+    run = fresh_copy(fleet_run[0], tmp_path)
+    before = tree_hash(run / "shards")
+    r = run_loop(run, "loop.interactions=12", "loop.update_interval=4", "loop.train_steps=2", "learner.model.stem_width=16",
+                 timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "learner.model.stem_width" in lines[0], r.stderr[-2000:]
+    assert tree_hash(run / "shards") == before
+
+    # the last, partial chunk of worker 1's record table: the chunk its writer reads back on the next append
+    chunk = next(p for p in (shard_path(run, 1) / "record_i64" / "c").rglob("*") if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    before = tree_hash(run / "shards")
+    r = run_loop(run, "loop.interactions=12", "loop.update_interval=4", "loop.train_steps=2", timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "worker_001.zarr" in lines[0] and "record_i64" in lines[0], \
+        r.stderr[-2000:]
+    assert tree_hash(run / "shards") == before
+
+
+def test_a_collector_whose_robot_raises_is_logged_restarted_and_the_learner_keeps_going(tmp_path):
+    """The driver on real Ray actors whose robot fails: restarted after each failure, stopped after MAX_FAILURES
+    in a row, while another collector and the learner go on."""
+    ray = pytest.importorskip("ray")
+    from omegaconf import OmegaConf
+
+    from learner.fleet.driver import MAX_FAILURES, FleetRun
+    from learner.fleet.workers import CollectorSpec
+
+    @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+    class FlakyCollector:
+        """Fails on its first interaction after every (re)start when `fails` is set; counts in a file."""
+
+        def __init__(self, counter: str, fails: bool, quota: int):
+            self.counter, self.fails, self.quota = Path(counter), fails, quota
+            self.first = True
+
+        def records(self) -> int:
+            return int(self.counter.read_text()) if self.counter.exists() else 0
+
+        def interact(self):
+            if self.fails:
+                raise RuntimeError("gripper fault (test)")
+            n = self.records()
+            if n >= self.quota:
+                return None
+            self.counter.write_text(str(n + 1))
+            return {"kind": "interaction", "index": n, "seconds": 0.01, "unix": time.time(), "model_version": 0,
+                    "shard_records": n + 1}
+
+        def close(self) -> None:
+            pass
+
+    @ray.remote(num_cpus=0)
+    class Learner:
+        def __init__(self):
+            self.ticks = 0
+
+        def tick(self):
+            self.ticks += 1
+            time.sleep(0.05)
+            return {"model_version": self.ticks, "records": 0, "changed": False}
+
+        def finish(self):
+            return {"records": 6, "model_version": self.ticks, "train_steps": 0, "train_seconds": 0.0,
+                    "last_eval": {}, "baseline": {}, "init": None}
+
+    cfg = OmegaConf.create({"loop": {"interactions": 6, "time_budget": 0, "progress": False}})
+    specs = [CollectorSpec(str(tmp_path), w, 3, {}, None, None) for w in (0, 1)]
+    fleet = FleetRun(cfg, tmp_path, specs, None)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        collectors = {0: FlakyCollector.remote(str(tmp_path / "c0"), False, 3),
+                      1: FlakyCollector.remote(str(tmp_path / "c1"), True, 3)}
+        learner = Learner.remote()
+        summary = fleet._drive(ray, learner, collectors, 0, time.time())
+        ticks = ray.get(learner.finish.remote())["model_version"]
+    finally:
+        ray.shutdown()
+    rows = metrics(tmp_path)
+    errors = [m for m in rows if m["kind"] == "worker_error"]
+    assert [m["worker"] for m in errors] == [1] * MAX_FAILURES and "gripper fault" in errors[0]["error"]
+    assert summary["workers"][1]["restarts"] == MAX_FAILURES - 1 and summary["workers"][0]["records"] == 3
+    assert summary["interactions_this_run"] == 3 and ticks >= 1  # the healthy collector finished; the learner ticked

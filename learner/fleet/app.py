@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from data.frame_diff import FrameDiffConfig
-from data.log import LogFormatError, LogLockedError
+from data.log import InteractionLog, LogFormatError, LogLockedError
 from data.shards import RunLog
 from learner.fleet.driver import FleetRun, plain, print_fleet_summary
 from learner.fleet.workers import CollectorSpec, LearnerSpec, quota
@@ -39,15 +39,7 @@ def build_fleet(cfg: DictConfig, run_dir: str):
         raise ValueError(f"{run} is a single-process run (interactions.zarr): resume it with loop.workers=0, or start "
                          "the actor-learner loop in a new hydra.run.dir; nothing was changed")
     if (run / "shards").is_dir():
-        try:
-            with RunLog.open(run) as log:
-                have = (log.height, log.width)
-        except (LogFormatError, FileNotFoundError) as e:
-            raise ValueError(f"cannot resume: {e}") from None
-        want = (int(cfg.robot.height), int(cfg.robot.width)) if cfg.robot.kind == "sim" else None
-        if want is not None and have != want:
-            raise ValueError(f"cannot resume: the shards in {run / 'shards'} hold {have[0]}x{have[1]} images, "
-                             f"robot.height/width ask for {want[0]}x{want[1]}; nothing was changed")
+        check_shards(run, (int(cfg.robot.height), int(cfg.robot.width)) if cfg.robot.kind == "sim" else None)
     init = init_source(cfg, run_dir)  # checked now (a bad path fails at start); the learner actor resolves it again
     loop_settings = to_dataclass(LoopSettings, cfg.loop)
     workers = int(cfg.loop.workers)
@@ -59,6 +51,26 @@ def build_fleet(cfg: DictConfig, run_dir: str):
                           EvalTarget(str(cfg.robot.kind), str(cfg.robot.get("cell", "") or "")),
                           str(cfg.learner.init) if init is not None else "")
     return FleetRun(cfg, run, specs, learner)
+
+
+def check_shards(run: Path, want: tuple[int, int] | None) -> None:
+    """A resumed fleet's shards must agree with each other and with the robot's image size (`want`, (H, W)
+    pixels; None: any), and each must open for appending (a damaged chunk its writer reads back, another
+    writer): ValueError / LogLockedError naming the shard, nothing written."""
+    try:
+        with RunLog.open(run) as log:
+            have = (log.height, log.width)
+            paths = [s.path for s in log.shards]
+    except (LogFormatError, FileNotFoundError) as e:
+        raise ValueError(f"cannot resume: {e}") from None
+    if want is not None and have != want:
+        raise ValueError(f"cannot resume: the shards in {run / 'shards'} hold {have[0]}x{have[1]} images, "
+                         f"robot.height/width ask for {want[0]}x{want[1]}; nothing was changed")
+    for path in paths:
+        try:
+            InteractionLog.check_appendable(path, *have)
+        except (LogFormatError, FileNotFoundError) as e:
+            raise ValueError(f"cannot resume shard {path.name}: {e}") from None
 
 
 def run_fleet_app(cfg: DictConfig):

@@ -40,6 +40,7 @@ class WorkerStatus:
     done: bool = False
     failures: int = 0  # robot errors in a row
     restarts: int = 0
+    killed_by_driver: bool = False  # the driver restarted it after a robot error: its next call may find it down
     interactions: int = 0  # this session
     busy_s: float = 0.0  # this session: seconds spent in interactions
     first_start: float = 0.0  # unix seconds: the start of this session's first interaction
@@ -138,9 +139,11 @@ class FleetRun:
                     try:
                         row = ray.get(ref)
                     except (RayActorError, ActorDiedError, ActorUnavailableError) as e:
-                        st.restarts += 1
-                        self._metric({"kind": "worker_restart", "worker": w, "error": _short(e), "unix": time.time()})
-                        tqdm.write(f"collector {w} died ({_short(e)}); Ray restarts it and it reopens its shard")
+                        if not st.killed_by_driver:
+                            st.restarts += 1
+                            self._metric({"kind": "worker_restart", "worker": w, "error": _short(e), "unix": time.time()})
+                            tqdm.write(f"collector {w} died ({_short(e)}); Ray restarts it and it reopens its shard")
+                        st.killed_by_driver = False
                         time.sleep(1.0)
                         if not self._stop:
                             submit(w)
@@ -157,13 +160,14 @@ class FleetRun:
                         tqdm.write(f"collector {w} failed ({_short(e)}); restarting it")
                         ray.kill(collectors[w], no_restart=False)
                         st.restarts += 1
+                        st.killed_by_driver = True
                         if not self._stop:
                             submit(w)
                         continue
                     if row is None:
                         st.done = True
                         continue
-                    st.failures = 0
+                    st.failures, st.killed_by_driver = 0, False
                     st.records, st.model_version = row["shard_records"], row["model_version"]
                     st.interactions += 1
                     st.busy_s += row["seconds"]
