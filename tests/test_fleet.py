@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,6 +71,14 @@ def test_two_collectors_and_a_learner_give_two_shards_that_read_as_one_log(fleet
     assert end["model_version"] == 2 and end["interactions_total"] == 10
     assert "Summary (actor-learner)" in r.stdout and "worker 1" in r.stdout
     assert (run / "model" / "segmenter.pt").exists() and (run / "checkpoints" / "last.pt").exists()
+    # the trainer's CLI reads the shards of a run directory as one log
+    t = subprocess.run([sys.executable, "-m", "learner.train", "--log", str(run), "--out", str(run.parent / "cli"),
+                        "--steps", "1", "--batch-size", "2", "--threads", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert t.returncode == 0 and "positives" in t.stdout, t.stderr[-2000:]
+    n_pos, n_neg = (int(x) for x in re.search(r"(\d+) positives, (\d+) negatives", t.stdout).groups())
+    labels = [m["label"] for m in inter]
+    assert 0 < n_pos + n_neg <= sum(lab in ("positive", "negative") for lab in labels)  # tiny masks are dropped
 
 
 def test_a_collector_killed_with_sigkill_is_restarted_and_loses_nothing_committed(tmp_path):

@@ -25,6 +25,24 @@ as an upper-bound baseline and is labelled as such in its checkpoint.
 
 Checkpoints are plain dicts of tensors/ints/strings (state dicts, step, RNG states, configs), saved
 with torch.save and loaded with `weights_only=True`. Training resumes from the checkpoint in `--out`.
+
+Periodic checkpoints (`TrainConfig.checkpoint_every_s`, `--checkpoint-every`): while a retrain runs with a
+`checkpoint_path`, the trainer checkpoint is saved atomically when the retrain starts and every that many
+seconds, with the in-progress retrain (`"retrain"`: its start step, total steps, seconds so far and time
+budget) and the RNG states; `model_version` is bumped only when a retrain completes. A killed retrain
+resumes from its last checkpoint (`Trainer.load`, then `Trainer.resume_pending`, or `train` which finishes
+it first) with its original schedule; metrics.jsonl "train" rows are buffered and written only after a
+checkpoint covering them is saved, so resumed work never repeats rows.
+
+Multi-process (torch DDP, learner/train/distributed.py):
+
+    torchrun --standalone --nproc_per_node 2 -m learner.train -- --log RUN --out DIR --steps N
+
+(the `--` keeps torchrun >= 2.3 from taking `--log` for an abbreviation of its own --log-dir/--logs-specs,
+pytorch/pytorch#120601; without torchrun the arguments are as always). Each rank draws
+`batch_size / world_size` images of every global batch from its own RNG stream (seed + rank), the whole
+loss of a step is one DDP-wrapped forward (gradients averaged), rank 0 alone writes checkpoints (the plain
+module's state dict, the same format) and metrics.
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +74,7 @@ from learner.model.network import (
     sample_at_points,
 )
 from learner.proposals.frame import make_input, nearest_exact_index, resize_rgbd
+from learner.train import distributed
 from learner.train.consistency import (
     CascadeFilter,
     TeacherTargets,
@@ -127,6 +147,9 @@ class TrainConfig:
     consistency_queries: int = 4
     num_threads: int = 2
     log_every: int = 10
+    # seconds between periodic checkpoints while a retrain runs with a checkpoint path (0 = only at its
+    # end); a killed retrain resumes from the last one (Trainer.resume_pending)
+    checkpoint_every_s: float = 30.0
 
     def validate(self) -> None:
         if self.loss not in ("robust", "bce_dice"):
@@ -149,6 +172,42 @@ class TrainConfig:
             raise ValueError(f"consistency_weight must be finite and >= 0, got {self.consistency_weight}")
         if self.consistency_images < 1 or self.consistency_queries < 1:
             raise ValueError("consistency_images and consistency_queries must be >= 1")
+        if not (math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0):
+            raise ValueError(f"checkpoint_every_s must be finite and >= 0, got {self.checkpoint_every_s}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+
+
+@dataclass
+class RetrainProgress:
+    """An unfinished `Trainer.train` call (a retrain), as checkpointed under "retrain"."""
+
+    start_step: int  # Trainer.step when the retrain began (its step k is Trainer.step - start_step)
+    steps: int  # its total optimiser steps: the length of its LR and cascade schedules
+    seconds: float = 0.0  # training seconds spent on it so far (counted against its time budget)
+    time_budget_s: float = 0.0  # its time budget in seconds (0 = none)
+
+    def to_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RetrainProgress:
+        return cls(start_step=int(d["start_step"]), steps=int(d["steps"]), seconds=float(d.get("seconds", 0.0)),
+                   time_budget_s=float(d.get("time_budget_s", 0.0)))
+
+
+class _LossForward(torch.nn.Module):
+    """The whole loss of a batch as one module call, for DDP: every use of the model in a step (its forward,
+    `decode`, the latent posterior, the strong view's second forward) happens inside the one wrapped
+    forward, so DDP's reducer sees the complete autograd graph of the loss."""
+
+    def __init__(self, trainer: Trainer):
+        super().__init__()
+        self.model = trainer.model
+        self._loss_on = trainer.loss_on  # a bound method, not a submodule
+
+    def forward(self, images: list[TrainImage], targets: TeacherTargets | None) -> tuple[torch.Tensor, dict[str, float]]:
+        return self._loss_on(images, targets)
 
 
 @contextmanager
@@ -228,7 +287,11 @@ def zoom_crop(img: TrainImage, box: tuple[int, int, int, int]) -> TrainImage:
 
 
 class Trainer:
-    """Owns the model, optimiser, RNGs and step counter; trains from a source; saves/resumes."""
+    """Owns the model, optimiser, RNGs and step counter; trains from a source; saves/resumes.
+
+    Under torch DDP (a process group is up, learner/train/distributed.py) every rank builds the same initial
+    weights (the same seed; DDP also broadcasts rank 0's at the start of each retrain) and then draws from
+    its own streams: numpy `default_rng(seed + rank)`, torch reseeded with seed + rank."""
 
     def __init__(self, cfg: TrainConfig, model_cfg: SegmenterConfig | None = None, oracle: bool = False,
                  seed: int = 0):
@@ -236,15 +299,36 @@ class Trainer:
         self.cfg = cfg
         self.oracle = oracle
         self.seed = int(seed)
+        self.dist = distributed.context()
+        if cfg.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by the "
+                             f"{self.dist.world_size} DDP processes")
         torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(self.seed)
         self.model: PointSegmenter = build_model(model_cfg or SegmenterConfig())
+        if self.dist.enabled:
+            torch.manual_seed(self.seed + self.dist.rank)  # per-rank jitter/latent noise; the weights above agree
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.rng = np.random.default_rng(self.seed)
+        self.rng = np.random.default_rng(self.seed + self.dist.rank)
         self.step = 0
-        self.model_version = 0  # bumped by every completed train() call
+        self.model_version = 0  # bumped by every completed retrain (train() / resume_pending())
         self.train_seconds = 0.0
         self.input_size: tuple[int, int] | None = None  # (H, W) pixels of the training images (checkpoint "input_size")
+        self.pending: RetrainProgress | None = None  # the unfinished retrain (checkpoint "retrain"), None if none
+        self._clock: float | None = None  # perf_counter() up to which train_seconds is counted, while training
+
+    @property
+    def pending_steps(self) -> int:
+        """Optimiser steps left of an unfinished retrain (0 if none; a pending retrain may also have 0 left
+        when killed after its last step: `pending` is not None then, and `resume_pending` completes it)."""
+        if self.pending is None:
+            return 0
+        return max(self.pending.steps - (self.step - self.pending.start_step), 0)
+
+    @property
+    def local_batch_size(self) -> int:
+        """Images this process draws per step: batch_size / world_size (the global batch is batch_size)."""
+        return self.cfg.batch_size // self.dist.world_size
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -261,15 +345,33 @@ class Trainer:
             "oracle": self.oracle,
             "numpy_rng": json.dumps(self.rng.bit_generator.state),
             "torch_rng": torch.get_rng_state(),
+            # only while a retrain is unfinished (a completed one leaves the format as it was)
+            **({"retrain": self.pending.to_dict()} if self.pending is not None else {}),
         }
 
     def save(self, path: str | Path) -> Path:
-        """Atomic save (write then rename) so a crash never leaves a torn checkpoint."""
+        """Atomic save (write then rename) so a crash never leaves a torn checkpoint. Under DDP this is a
+        collective (every rank must call it): the ranks' RNG states are gathered into "rank_rng" (so each
+        rank resumes its own stream) and rank 0 alone writes; every rank returns once the file is written."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        if self._clock is not None:
+            self._account_time()
+        state = self.state_dict()
+        if self.dist.enabled:
+            with torch.no_grad():  # the replicas' parameters must agree bit for bit (DDP's averaged gradients)
+                fingerprint = float(sum(p.double().sum() for p in self.model.parameters()))
+            states = distributed.all_gather_objects(
+                (json.dumps(self.rng.bit_generator.state), torch.get_rng_state(), fingerprint))
+            if len({f for _, _, f in states}) != 1:
+                raise RuntimeError(f"DDP replicas out of sync at step {self.step}: parameter sums "
+                                   f"{[f for _, _, f in states]} differ across ranks")
+            state["rank_rng"] = {"numpy": json.dumps([s for s, _, _ in states]), "torch": [t for _, t, _ in states]}
+        if self.dist.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        distributed.barrier()
         return path
 
     def load(self, path: str | Path, optimizer: bool = True) -> None:
@@ -288,6 +390,25 @@ class Trainer:
             self.seed = int(ckpt.get("seed", self.seed))
             self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
             torch.set_rng_state(ckpt["torch_rng"])
+            self._load_rank_rng(ckpt)
+            self.pending = RetrainProgress.from_dict(ckpt["retrain"]) if ckpt.get("retrain") else None
+        else:
+            self.pending = None
+
+    def _load_rank_rng(self, ckpt: dict[str, Any]) -> None:
+        """Under DDP, this rank's own RNG streams: from the checkpoint's "rank_rng" when it was saved by as
+        many ranks, else (a checkpoint of another world size) rank 0 keeps the saved stream and rank r > 0
+        starts a fresh one seeded by (seed + r, step)."""
+        if not self.dist.enabled:
+            return
+        r = self.dist.rank
+        saved = ckpt.get("rank_rng")
+        if saved is not None and len(saved["torch"]) == self.dist.world_size:
+            self.rng.bit_generator.state = json.loads(json.loads(saved["numpy"])[r])
+            torch.set_rng_state(saved["torch"][r])
+        elif r > 0:
+            self.rng = np.random.default_rng([self.seed + r, self.step])
+            torch.manual_seed(self.seed + r + 7919 * self.step)
 
     def start_from(self, model: PointSegmenter, model_version: int = 1,
                    input_size: tuple[int, int] | None = None) -> None:
@@ -299,6 +420,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.step = 0
         self.model_version = int(model_version)
+        self.pending = None
         self.model.eval()
 
     # ---------------------------------------------------------------- batches
@@ -308,13 +430,15 @@ class Trainer:
         return img
 
     def sample_batch(self, source: LogSource | SceneSource) -> list[TrainImage]:
+        """This process's `local_batch_size` images of a step (all of `batch_size` without DDP)."""
         cfg, rng = self.cfg, self.rng
+        batch_size = self.local_batch_size
         images: list[TrainImage] = []
         if isinstance(source, SceneSource):
-            for i in rng.integers(len(source), size=cfg.batch_size):
+            for i in rng.integers(len(source), size=batch_size):
                 images.append(source.image(int(i), rng, cfg.points_per_mask))
             return self._zoom([self._augment(im) for im in images])
-        n_pseudo = int(round(cfg.batch_size * cfg.pseudo_fraction)) if cfg.pseudo_sequences else 0
+        n_pseudo = int(round(batch_size * cfg.pseudo_fraction)) if cfg.pseudo_sequences else 0
         group = 0
         while len(images) < n_pseudo - 1:
             pair = source.pseudo_pair(rng, cfg.points_per_mask, group)
@@ -322,7 +446,7 @@ class Trainer:
                 break
             images += list(pair)
             group += 1
-        while len(images) < cfg.batch_size:
+        while len(images) < batch_size:
             # half positives, half negatives when both exist (negatives are rarer in a healthy loop)
             pool = source.positives if (not source.negatives or rng.random() < 0.7) else source.negatives
             pool = pool or source.negatives
@@ -364,7 +488,7 @@ class Trainer:
         if cfg.consistency_weight <= 0 or not isinstance(source, LogSource) or len(source) == 0:
             return None
         idx = self.rng.integers(len(source), size=cfg.consistency_images)
-        frames = [(source.rgb[i], source.depth[i], source.K[i]) for i in idx]
+        frames = [source.frame(int(i)) for i in idx]  # (rgb, depth, K), read lazily through the source's cache
         return teacher_targets(self.model, frames, self.rng, cascade, t, cfg.consistency_queries, info=info)
 
     # ---------------------------------------------------------------- one step
@@ -386,8 +510,9 @@ class Trainer:
                     bidx.append(b)
                     pts.append(q)
                     tgt.append(m)
-        if len(pts) > cfg.max_queries:
-            keep = self.rng.choice(len(pts), cfg.max_queries, replace=False)
+        max_queries = math.ceil(cfg.max_queries / self.dist.world_size)  # this rank's share of the global cap
+        if len(pts) > max_queries:
+            keep = self.rng.choice(len(pts), max_queries, replace=False)
             bidx, pts, tgt = [bidx[i] for i in keep], [pts[i] for i in keep], [tgt[i] for i in keep]
         if not pts and self.model.config.latent_dim > 0:
             stats["kl_nats"] = 0.0  # no query in this batch (e.g. a zoom crop without a labelled mask): no KL term
@@ -480,31 +605,124 @@ class Trainer:
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def train(self, source: LogSource | SceneSource, steps: int, metrics_path: str | Path | None = None,
-              progress: bool = True, time_budget_s: float | None = None) -> dict[str, float]:
-        """Run `steps` optimiser steps or until the time budget is spent. The learning-rate schedule (warm-up,
-        cosine) and the consistency cascade's schedule run over these `steps`."""
+              progress: bool = True, time_budget_s: float | None = None, checkpoint_path: str | Path | None = None,
+              checkpoint_every_s: float | None = None) -> dict[str, float]:
+        """Run a retrain of `steps` optimiser steps, or until its time budget (`time_budget_s` seconds, default
+        TrainConfig.time_budget_s, 0 = none) is spent. The learning-rate schedule (warm-up, cosine) and the
+        consistency cascade's schedule run over these `steps`; `model_version` is bumped when it completes.
+
+        checkpoint_path: the trainer checkpoint is saved there atomically when the retrain starts, every
+        `checkpoint_every_s` seconds (default TrainConfig.checkpoint_every_s; 0 = neither of these two) and
+        when it completes; a process killed in between resumes from the last one (`load`, then
+        `resume_pending`). None: nothing is saved here (the caller saves after the call).
+
+        An unfinished retrain restored by `load` (`pending`) is finished first, with its own schedule and
+        budget (`resume_pending`: one version bump), then this call's `steps` run as a new retrain (another
+        bump). Returns the new retrain's stats: "steps" run, "seconds", the last step's loss terms, plus
+        "resumed_steps" when a pending retrain was finished first.
+
+        metrics_path: "train" rows (every `log_every` steps and the last step) are buffered and appended
+        after the checkpoint that covers them is saved (without `checkpoint_path`: at the end), so the rows of
+        work a kill throws away are never written and resumed work never repeats them (a kill in the
+        microseconds between a checkpoint's rename and its rows' append loses those rows instead). Under DDP
+        a row's "loss" is the mean over the ranks ("rank0_loss" and the other terms are rank 0's, plus
+        "world_size"); rank 0 alone writes rows. Under DDP every rank must call this (a collective)."""
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
+        self._check_source(source)
+        resumed = self.resume_pending(source, metrics_path, progress, checkpoint_path, checkpoint_every_s)
         budget = self.cfg.time_budget_s if time_budget_s is None else time_budget_s
+        self.pending = RetrainProgress(start_step=self.step, steps=int(steps), time_budget_s=float(budget))
+        stats = self._run_pending(source, metrics_path, progress, checkpoint_path, checkpoint_every_s)
+        if resumed is not None:
+            stats["resumed_steps"] = resumed["steps"]
+        return stats
+
+    def resume_pending(self, source: LogSource | SceneSource, metrics_path: str | Path | None = None,
+                       progress: bool = True, checkpoint_path: str | Path | None = None,
+                       checkpoint_every_s: float | None = None) -> dict[str, float] | None:
+        """Finish the unfinished retrain a checkpoint held (`pending`, restored by `load`): its remaining
+        `pending_steps` steps on the LR and cascade schedules of its original length, within what is left of
+        its time budget, then bump `model_version` (also when 0 steps were left). Arguments as for `train`.
+        Returns its stats ("steps" run now, "seconds", last losses), or None when nothing is pending."""
+        if self.pending is None:
+            return None
+        self._check_source(source)
+        return self._run_pending(source, metrics_path, progress, checkpoint_path, checkpoint_every_s)
+
+    @staticmethod
+    def _check_source(source: LogSource | SceneSource) -> None:
         if isinstance(source, LogSource) and not source.positives and not source.negatives:
             raise ValueError("the log has no usable records (no positives or negatives) to train on")
+
+    def _account_time(self) -> None:
+        """Add the training seconds since the last call to train_seconds and to the pending retrain."""
+        now = time.perf_counter()
+        if self._clock is not None:
+            self.train_seconds += now - self._clock
+            if self.pending is not None:
+                self.pending.seconds += now - self._clock
+        self._clock = now
+
+    def _loss_forward(self) -> Any:
+        """`loss_on`, or under DDP the DDP-wrapped `_LossForward` (built per retrain, so it wraps the current
+        model; building it broadcasts rank 0's weights and buffers). find_unused_parameters=True: some
+        parameters get no gradient in some steps (the mask decoder and latent posterior when a rank's batch
+        holds no query, e.g. a zoom crop without a labelled mask), and the ranks' batches differ."""
+        if not self.dist.enabled:
+            return self.loss_on
+        return torch.nn.parallel.DistributedDataParallel(_LossForward(self), find_unused_parameters=True)
+
+    def _flush_rows(self, metrics_path: str | Path | None, rows: list[str]) -> None:
+        if rows and metrics_path is not None and self.dist.is_main:
+            with open(metrics_path, "a") as f:
+                f.write("".join(r + "\n" for r in rows))
+        rows.clear()
+
+    def _run_pending(self, source: LogSource | SceneSource, metrics_path: str | Path | None, progress: bool,
+                     checkpoint_path: str | Path | None, checkpoint_every_s: float | None) -> dict[str, float]:
+        """Run `self.pending` from its current step to its end (see `train`)."""
+        p = self.pending
+        assert p is not None
+        every = self.cfg.checkpoint_every_s if checkpoint_every_s is None else float(checkpoint_every_s)
+        if not (math.isfinite(every) and every >= 0):
+            raise ValueError(f"checkpoint_every_s must be finite and >= 0, got {every}")
+        periodic = checkpoint_path is not None and every > 0
+        rows: list[str] = []
+
+        def checkpoint() -> None:
+            self.save(checkpoint_path)  # type: ignore[arg-type]
+            self._flush_rows(metrics_path, rows)
+
+        forward = self._loss_forward()
         self.model.train()
-        t0 = time.perf_counter()
         start = self.step
+        done = self.step - p.start_step
+        t0 = last_save = time.perf_counter()
+        self._clock = t0
         last: dict[str, float] = {}
-        bar = tqdm(total=steps, desc="train", disable=not progress, leave=False)
-        mf = open(metrics_path, "a") if metrics_path else None
-        cascade = cascade_for(steps)
+        bar = tqdm(total=p.steps, initial=min(done, p.steps), desc="train",
+                   disable=not progress or not self.dist.is_main, leave=False)
+        cascade = cascade_for(p.steps)
         try:
-            for k in range(steps):
-                if budget and time.perf_counter() - t0 > budget:
+            if periodic and done == 0:
+                checkpoint()  # on record from its start: a kill before the first periodic save does not skip it
+            for k in range(done, p.steps):
+                now = time.perf_counter()
+                over = bool(p.time_budget_s) and p.seconds + now - self._clock > p.time_budget_s
+                due = periodic and k > done and now - last_save >= every
+                over, due = distributed.broadcast_flags([over, due])  # rank 0's clock decides for all
+                if over:
                     break
+                if due:
+                    checkpoint()
+                    last_save = time.perf_counter()
                 for g in self.opt.param_groups:
-                    g["lr"] = self._lr(k, steps)
+                    g["lr"] = self._lr(k, p.steps)
                 batch = self.sample_batch(source)
                 teacher: dict[str, float] = {}
                 targets = self.consistency_targets(source, k, cascade, teacher)
-                loss, parts = self.loss_on(batch, targets)
+                loss, parts = forward(batch, targets)
                 parts.update({f"teacher_{key}": v for key, v in teacher.items()})
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -514,34 +732,45 @@ class Trainer:
                 last = {"loss": float(loss.detach()), **parts}
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
-                if mf and (self.step % self.cfg.log_every == 0 or k == steps - 1):
+                if self.step % self.cfg.log_every == 0 or k == p.steps - 1:
                     rec = {"kind": "train", "step": self.step, "model_version": self.model_version,
-                           "lr": self.opt.param_groups[0]["lr"], "elapsed_s": time.perf_counter() - t0, **last}
-                    mf.write(json.dumps(rec) + "\n")
-                    mf.flush()
+                           "lr": self.opt.param_groups[0]["lr"],
+                           "elapsed_s": p.seconds + time.perf_counter() - self._clock, **last,
+                           "loss": distributed.mean_scalar(last["loss"])}  # every rank takes part
+                    if self.dist.enabled:
+                        rec.update(world_size=self.dist.world_size, rank0_loss=last["loss"])
+                    rows.append(json.dumps(rec))
         finally:
             bar.close()
-            if mf:
-                mf.close()
-        elapsed = time.perf_counter() - t0
-        self.train_seconds += elapsed
+            self._account_time()
+            self._clock = None
         self.model_version += 1
+        self.pending = None
         self.model.eval()
-        return {"steps": self.step - start, "seconds": elapsed, **last}
+        if checkpoint_path is not None:
+            self.save(checkpoint_path)
+        self._flush_rows(metrics_path, rows)
+        return {"steps": self.step - start, "seconds": time.perf_counter() - t0, **last}
 
 
-def log_source(path: str | Path, cfg: TrainConfig, limit: int | None = None) -> LogSource:
-    """The self-supervised training source of a log (its first `limit` records), as `cfg` asks for it."""
+def log_source(path: str | Path, cfg: TrainConfig, limit: int | None = None,
+               cache_mb: float | None = None) -> LogSource:
+    """The self-supervised training source of a log (a .zarr, a run directory or its shards; its first `limit`
+    records), as `cfg` asks for it. cache_mb: megabytes of decoded images it caches (None = LogSource's
+    default). A learner that retrains repeatedly keeps the returned source and calls `source.update()`
+    before each `Trainer.train`: only the records added since are read."""
+    kw = {} if cache_mb is None else {"cache_mb": cache_mb}
     return LogSource(path, cfg.table_prior_height, limit=limit,
-                     propagation=PropagationConfig() if cfg.propagate_labels else None)
+                     propagation=PropagationConfig() if cfg.propagate_labels else None, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--log", help="interaction log (a .zarr or a run directory holding interactions.zarr)")
+    src.add_argument("--log", help="interaction log: a .zarr, a run directory (interactions.zarr and/or shards/) or a shards/ directory")
     src.add_argument("--oracle-scenes", help="ORACLE baseline: exported scenes with ground-truth labels")
-    ap.add_argument("--out", required=True, help="checkpoint directory (resumes from its last.pt)")
+    ap.add_argument("--out", required=True, help="checkpoint directory (resumes from its last.pt: an unfinished "
+                    "run is finished with its original --steps schedule, a finished one trains --steps more)")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     ap.add_argument("--limit", type=int, default=None, help="train on the log's first N records only")
     ap.add_argument("--time-budget", type=float, default=0.0, help="seconds (0 = none)")
@@ -566,6 +795,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="RISE weak/strong consistency on logged frames (0 = off)")
     ap.add_argument("--consistency-images", type=int, default=TrainConfig.consistency_images)
     ap.add_argument("--consistency-queries", type=int, default=TrainConfig.consistency_queries)
+    ap.add_argument("--checkpoint-every", type=float, default=TrainConfig.checkpoint_every_s,
+                    help="seconds between periodic checkpoints of a running retrain (0 = only at its end)")
+    ap.add_argument("--log-every", type=int, default=TrainConfig.log_every, help="steps between metrics rows")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m learner.train -- --log RUN` (see the module docstring)
+        argv = argv[1:]
     a = ap.parse_args(argv)
     cfg = TrainConfig(time_budget_s=a.time_budget, batch_size=a.batch_size, loss=a.loss, tau=a.tau,
                       pseudo_sequences=not a.no_pseudo, table_prior=not a.no_table_prior,
@@ -573,27 +808,50 @@ def main(argv: list[str] | None = None) -> int:
                       mask_loss_stride=a.mask_loss_stride, num_threads=a.threads, kl_weight=a.kl_weight,
                       kl_free_nats=a.kl_free_nats, kl_balance=not a.no_kl_balance,
                       consistency_weight=a.consistency_weight, consistency_images=a.consistency_images,
-                      consistency_queries=a.consistency_queries, zoom_prob=a.zoom_prob, zoom_max=a.zoom_max)
+                      consistency_queries=a.consistency_queries, zoom_prob=a.zoom_prob, zoom_max=a.zoom_max,
+                      checkpoint_every_s=a.checkpoint_every, log_every=a.log_every)
+    ctx = distributed.init_from_env()  # a no-op without torchrun
+    try:
+        return _train_cli(a, cfg, ctx)
+    finally:
+        distributed.teardown()
+
+
+def _train_cli(a: argparse.Namespace, cfg: TrainConfig, ctx: distributed.DistContext) -> int:
+    """The body of `main` (every rank runs it under torchrun; rank 0 alone prints and writes)."""
+    def say(msg: str) -> None:
+        if ctx.is_main:
+            print(msg, flush=True)
+
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, SegmenterConfig(latent_dim=a.latent_dim), oracle=a.oracle_scenes is not None, seed=a.seed)
+    if ctx.enabled:
+        say(f"DDP: {ctx.world_size} processes ({ctx.backend}), {trainer.local_batch_size} of the global batch of "
+            f"{cfg.batch_size} images each")
     if (out / CHECKPOINT_NAME).exists():
         trainer.load(out / CHECKPOINT_NAME)
-        print(f"resumed from {out / CHECKPOINT_NAME} at step {trainer.step}")
+        say(f"resumed from {out / CHECKPOINT_NAME} at step {trainer.step}")
     if a.log:
-        path = Path(a.log)
-        if (path / "interactions.zarr").exists():
-            path = path / "interactions.zarr"
+        path = Path(a.log)  # a .zarr log, a run directory (its interactions.zarr and/or shards/) or a shards/ directory
         source = log_source(path, cfg, limit=a.limit)
-        print(f"log {path}: {len(source.positives)} positives, {len(source.negatives)} negatives, "
+        say(f"log {path}: {len(source.positives)} positives, {len(source.negatives)} negatives, "
               f"{source.n_known_masks} masks after propagation, {len(source.bank)} cut-outs in the instance bank")
     else:
         source = SceneSource(a.oracle_scenes)
-        print(f"ORACLE baseline: {len(source)} ground-truth scenes from {a.oracle_scenes}")
-    stats = trainer.train(source, a.steps, metrics_path=out / "metrics.jsonl")
-    ckpt = trainer.save(out / CHECKPOINT_NAME)
-    print(f"trained {stats['steps']} steps in {stats['seconds']:.0f} s (loss {stats.get('loss', float('nan')):.3f}); "
-          f"checkpoint {ckpt}")
+        say(f"ORACLE baseline: {len(source)} ground-truth scenes from {a.oracle_scenes}")
+    ckpt = out / CHECKPOINT_NAME
+    run = {"metrics_path": out / "metrics.jsonl", "checkpoint_path": ckpt}  # train() saves the final checkpoint
+    if trainer.pending is not None:
+        p = trainer.pending
+        say(f"finishing the interrupted run: {trainer.pending_steps} of its {p.steps} steps left "
+            f"(its schedule; --steps {a.steps} is not used)")
+        stats = trainer.resume_pending(source, **run)
+        assert stats is not None
+    else:
+        stats = trainer.train(source, a.steps, **run)
+    say(f"trained {stats['steps']} steps in {stats['seconds']:.0f} s (loss {stats.get('loss', float('nan')):.3f}); "
+        f"checkpoint {ckpt}")
     return 0
 
 
