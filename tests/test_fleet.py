@@ -64,11 +64,13 @@ def test_two_collectors_and_a_learner_give_two_shards_that_read_as_one_log(fleet
     rows = metrics(run)
     inter = [m for m in rows if m["kind"] == "interaction"]
     assert sorted((m["worker"], m["index"]) for m in inter) == sorted(keys)
-    # the learner retrained at 4 and 8 records (10 // 4 = 2 scheduled retrains), in its own process
-    trains = {m["model_version"] for m in rows if m["kind"] == "train"}
-    assert trains == {0, 1}
+    # the learner retrained in its own process at the retrain points 4 and 8 (one retrain for both when the
+    # collectors were faster), the last point always met
+    trains = sorted({m["model_version"] for m in rows if m["kind"] == "train"})
     end = [m for m in rows if m["kind"] == "run_end"][-1]
-    assert end["model_version"] == 2 and end["interactions_total"] == 10
+    assert end["model_version"] in (1, 2) and trains == list(range(end["model_version"]))
+    assert end["interactions_total"] == 10
+    assert json.loads((run / "learner_state.json").read_text())["retrain_checked"] >= 8
     assert "Summary (actor-learner)" in r.stdout and "worker 1" in r.stdout
     assert (run / "model" / "segmenter.pt").exists() and (run / "checkpoints" / "last.pt").exists()
     # the trainer's CLI reads the shards of a run directory as one log
@@ -160,7 +162,8 @@ def test_workers_2_resumes_after_the_whole_run_is_killed(tmp_path):
                 np.testing.assert_array_equal(log[i].rgb_before, before[key])
     assert len(set(shard_keys(run))) == 14
     ends = [m for m in metrics(run) if m["kind"] == "run_end"]
-    assert ends[-1]["model_version"] == 3  # 14 // 4 scheduled retrains, none skipped by the kill
+    assert 1 <= ends[-1]["model_version"] <= 3  # retrain points 4, 8, 12 (several at once when the learner lags)
+    assert json.loads((run / "learner_state.json").read_text())["retrain_checked"] >= 12  # the last one met
 
 
 def test_bad_worker_counts_and_layouts_fail_clearly_touching_nothing(tmp_path):

@@ -37,7 +37,7 @@ def acting_figures(rows: list[dict[str, Any]]) -> dict[str, float]:
     busy = sum(m["seconds"] for m in inter)
     windows = sum(max(x["unix"] for x in ms) - min(x["unix"] - x["seconds"] for x in ms) for ms in by_worker.values())
     return {"interactions": len(inter), "acting_window_s": end - start, "rate_per_s": len(inter) / max(end - start, 1e-9),
-            "idle_fraction": 1.0 - busy / max(windows, 1e-9), "workers": len(by_worker)}
+            "idle_fraction": 1.0 - busy / max(windows, 1e-9), "acting_workers": len(by_worker)}
 
 
 def main(argv: list[str] | None = None) -> int:

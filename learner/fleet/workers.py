@@ -179,9 +179,7 @@ class LearnerWorker:
         """After the collectors stopped: every retrain still due, a usable model, a final evaluation, the model
         file."""
         n = self.count()
-        while self.learner.retrain_due(n):
-            self.learner.catch_up(n)
-        self.learner.catch_up(n)  # the evaluation due
+        self.learner.catch_up(n)  # the retrain (and evaluation) still due: the last retrain point is always met
         lp = self.learner.loop
         if self.trainer.model_version == 0 and lp.train_steps > 0 and n > 0:
             self.learner.retrain()  # always leave a trained, usable model

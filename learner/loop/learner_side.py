@@ -7,7 +7,8 @@ the fleet's learner actor (learner/fleet/) calls it while the collectors keep ac
 
 Schedule, the same in both: a retrain is due at every multiple of `update_interval` records in the log
 (warm start, `train_steps` steps), an evaluation at every multiple of `eval_interval`. `catch_up(n)`
-runs what is due for a log of n records, once each, and never skips one: a retrain killed midway
+runs what is due for a log of n records (several retrain points passed at once: one retrain on the whole
+log), and never skips one: a retrain killed midway
 resumes from its periodic checkpoint (learner/train/trainer.py), and one that finished after the last
 state save (its checkpoint holds a newer model version than the state knew of) counts as done.
 """
@@ -157,10 +158,11 @@ class LoopLearner:
         return n // ui > self.state.retrain_checked // ui or self.trainer.pending is not None
 
     def catch_up(self, n: int) -> bool:
-        """Run the next retrain and the evaluation due for a log of `n` records (module docstring); True if
-        the model changed. One retrain point per call: a learner that fell behind (the fleet's, while
-        collectors keep adding records) does every scheduled retrain, each on the log as it is then, so a run
-        of N records always ends after N // update_interval retrains."""
+        """Run the retrain and the evaluation due for a log of `n` records (module docstring); True if the
+        model changed. A learner that fell behind by several retrain points (the fleet's, while collectors
+        keep adding records faster than it trains) does one retrain on the whole log for all of them: the
+        newest data, not a queue of stale retrains. So the number of retrains of a fleet run depends on how
+        fast the learner is; the single-process loop meets every point, N // update_interval retrains."""
         lp, st = self.loop, self.state
         st.interactions = n
         changed = False
@@ -168,9 +170,7 @@ class LoopLearner:
             pending = self.trainer.pending is not None
             if pending or (lp.train_steps > 0 and self.trainer.model_version <= self._saved_version):
                 changed = self.retrain()
-            ui = lp.update_interval
-            if n // ui > st.retrain_checked // ui:  # the next point, not n: the points in between stay due
-                st.retrain_checked = (st.retrain_checked // ui + 1) * ui
+            st.retrain_checked = n
             self.save_state()
         due_eval = (n // lp.eval_interval) * lp.eval_interval if lp.eval_interval else 0
         if due_eval and st.last_eval.get("interactions", -1) < due_eval:
