@@ -326,6 +326,34 @@ def test_run_loop_franka_end_to_end_writes_the_sim_log_schema(franky_sim_host, t
 
 
 @pytest.mark.slow
+def test_one_arm_acts_in_a_collector_actor_while_the_learner_trains_in_another(franky_sim_host, tmp_path):
+    """`robot=franka loop.workers=1`: the arm (franky-sim) and the RealSense path run in a Ray collector actor,
+    training in the learner actor (issue 19)."""
+    from data.shards import RunLog
+
+    franka_helpers.require("pyrealsense2")
+    pytest.importorskip("ray")
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "run_loop.py"), "robot=franka", f"hydra.run.dir={run}", "loop.workers=1",
+           f"robot.ip={franky_sim_host}", "robot.camera=software", "robot.dry_run=false", "robot.confirm=false",
+           "robot.realtime=false", "robot.width=320", "robot.height=240", "robot.camera_warmup_frames=2",
+           "robot.dynamics_factor=1.0", "robot.contact_dynamics_factor=0.5", "robot.max_translation_speed=1.0",
+           "learner.model.stem_width=8", "learner.model.widths=[16,16,32]", "learner.model.depths=[1,1,1]",
+           "learner.model.fpn_width=16", "learner.batch_size=2", "learner.max_queries=8", "loop.progress=false",
+           "loop.interactions=2", "loop.update_interval=2", "loop.train_steps=1", "loop.eval_interval=0",
+           "agent.exploration=1.0", "agent.primitive=poke", "robot.gripper_open_width=0.05", "robot.gripper_speed=0.1"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "Summary (actor-learner)" in r.stdout
+    with RunLog.open(run) as log:
+        assert len(log) == 2 and [(s.worker_id, s.robot_kind) for s in log.shards] == [(0, "franka")]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["worker"] for m in rows if m["kind"] == "interaction"] == [0, 0]
+    end = [m for m in rows if m["kind"] == "run_end"][-1]
+    assert end["interactions_total"] == 2
+
+
+@pytest.mark.slow
 def test_calibration_collect_and_solve_with_franky_sim(franky_sim_host, tmp_path):
     """`robot.calibrate` end to end: franky moves the hand (standing in for hand-guiding) through views, the
     camera double renders the board on the hand at the measured pose, `solve` recovers the camera pose."""

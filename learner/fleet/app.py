@@ -7,13 +7,12 @@ once the start is accepted; a failure during the run exits with status 1 and kee
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from data.frame_diff import FrameDiffConfig
-from data.log import InteractionLog, LogFormatError, LogLockedError
+from data.log import InteractionLog, LogFormatError
 from data.shards import RunLog
 from learner.fleet.driver import FleetRun, plain, print_fleet_summary
 from learner.fleet.workers import CollectorSpec, LearnerSpec, quota
@@ -21,7 +20,7 @@ from learner.loop.agent import AgentConfig
 from learner.loop.config import to_dataclass, validate
 from learner.loop.interactive import LoopSettings
 from learner.loop.learner_side import EvalTarget
-from learner.loop.setup import check_model, init_source, record_config
+from learner.loop.setup import check_model, init_source, run_checked
 from learner.model.network import SegmenterConfig
 from learner.train.trainer import TrainConfig
 
@@ -73,21 +72,6 @@ def check_shards(run: Path, want: tuple[int, int] | None) -> None:
             raise ValueError(f"cannot resume shard {path.name}: {e}") from None
 
 
-def run_fleet_app(cfg: DictConfig):
-    """`run_app` for `loop.workers` > 0: the same start checks and exit statuses, the actor-learner loop."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        fleet = build_fleet(cfg, HydraConfig.get().runtime.output_dir)
-    except (ValueError, ImportError, LogLockedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    record_config(cfg)
-    try:
-        summary = fleet.run()
-    except (RuntimeError, LogFormatError) as e:
-        print(f"error: {type(e).__name__}: {e}\nevery committed interaction is safe in {fleet.run_dir / 'shards'}; "
-              "run the same command again to resume", file=sys.stderr)
-        sys.exit(1)
-    print_fleet_summary(summary)
-    return fleet
+def run_fleet_app(cfg: DictConfig) -> FleetRun:
+    """`run_loop.py ... loop.workers=N`: the same start checks and exit statuses as the single process."""
+    return run_checked(cfg, build_fleet, lambda fleet: fleet.run_dir / "shards", print_fleet_summary)

@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,25 +176,31 @@ def record_config(cfg: DictConfig) -> Path | None:
 
 
 def run_app(cfg: DictConfig) -> InteractiveLoop:
-    """The task function of run_loop.py and learner.pretrain: build and check the loop (rejected: one
-    `error:` line, exit status 2, the run directory untouched), record the config, run, print the summary.
-    A robot / camera failure or a store error during the run: `error:` lines, exit status 1."""
+    """The task function of run_loop.py and learner.pretrain (single process, see `run_checked`)."""
+    return run_checked(cfg, build_loop, lambda loop: loop.log_path, print_summary)
+
+
+def run_checked(cfg: DictConfig, build: Callable[[DictConfig, str], Any], log_of: Callable[[Any], Path],
+                summary: Callable[[dict[str, Any]], None]) -> Any:
+    """Build and check a run (`build(cfg, run_dir)`; rejected: one `error:` line, exit status 2, the run
+    directory untouched), record the config, run it, print its summary. A robot / camera failure or a store
+    error during the run: `error:` lines naming where the committed interactions are (`log_of`), exit status 1."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
-        loop = build_loop(cfg, HydraConfig.get().runtime.output_dir)
+        runner = build(cfg, HydraConfig.get().runtime.output_dir)
     except (ValueError, ImportError, LogLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     record_config(cfg)
     try:
-        summary = loop.run()
+        result = runner.run()
     except (RuntimeError, LogFormatError) as e:  # e.g. robot.camera.CameraTimeoutError; a log that became unreadable
-        print(f"error: {type(e).__name__}: {e}\nevery committed interaction is safe in {loop.log_path}; "
+        print(f"error: {type(e).__name__}: {e}\nevery committed interaction is safe in {log_of(runner)}; "
               "run the same command again to resume", file=sys.stderr)
         sys.exit(1)
-    print_summary(summary)
-    return loop
+    summary(result)
+    return runner
 
 
 def print_summary(s: dict[str, Any]) -> None:
