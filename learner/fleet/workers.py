@@ -180,6 +180,8 @@ class LearnerWorker:
         file."""
         n = self.count()
         self.learner.catch_up(n)  # the retrain (and evaluation) still due: the last retrain point is always met
+        while self.learner.retrain_due(n):  # loop.retrain_points=every: one retrain per point left
+            self.learner.catch_up(n)
         lp = self.learner.loop
         if self.trainer.model_version == 0 and lp.train_steps > 0 and n > 0:
             self.learner.retrain()  # always leave a trained, usable model

@@ -97,6 +97,8 @@ def validate(cfg: Any) -> None:
     _check(not (loop.eval_domain == "cross" and loop.eval_split == "train"), "loop.eval_split",
            "the cross domain has only val and test halves (evaluation-only objects)")
     _check(loop.viz in ("none", "rerun"), "loop.viz", f"must be none or rerun, got {loop.viz!r}")
+    _check(loop.retrain_points in ("merge", "every"), "loop.retrain_points",
+           f"must be merge or every, got {loop.retrain_points!r}")
     _check(loop.workers >= 0, "loop.workers", f"must be >= 0 (0 = single process, N = N collector actors on Ray), "
            f"got {loop.workers}")
     if loop.workers > 0:

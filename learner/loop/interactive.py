@@ -74,6 +74,10 @@ class LoopSettings:
     # ray_address: "" = a local Ray instance; "auto" or "ray://host:10001" = a running cluster (docs/scale.md)
     workers: int = 0
     ray_address: str = ""
+    # a learner that fell behind by several retrain points (loop.workers > 0): "merge" = one retrain on the
+    # newest log for all of them; "every" = each point its own retrain, in order (a reproducible number of
+    # retrains, N // update_interval, at the cost of a learner that lags further behind)
+    retrain_points: str = "merge"
 
 
 @dataclass

@@ -160,9 +160,10 @@ class LoopLearner:
     def catch_up(self, n: int) -> bool:
         """Run the retrain and the evaluation due for a log of `n` records (module docstring); True if the
         model changed. A learner that fell behind by several retrain points (the fleet's, while collectors
-        keep adding records faster than it trains) does one retrain on the whole log for all of them: the
-        newest data, not a queue of stale retrains. So the number of retrains of a fleet run depends on how
-        fast the learner is; the single-process loop meets every point, N // update_interval retrains."""
+        keep adding records faster than it trains) does one retrain on the whole log for all of them
+        (`loop.retrain_points=merge`: the newest data, not a queue of stale retrains; the number of retrains
+        then depends on how fast the learner is), or one per point in order (`every`: N // update_interval
+        retrains whatever the timing, as the single-process loop, which meets every point either way)."""
         lp, st = self.loop, self.state
         st.interactions = n
         changed = False
@@ -170,7 +171,11 @@ class LoopLearner:
             pending = self.trainer.pending is not None
             if pending or (lp.train_steps > 0 and self.trainer.model_version <= self._saved_version):
                 changed = self.retrain()
-            st.retrain_checked = n
+            ui = lp.update_interval
+            if getattr(lp, "retrain_points", "merge") == "every" and n // ui > st.retrain_checked // ui:
+                st.retrain_checked = (st.retrain_checked // ui + 1) * ui  # the next point: later ones stay due
+            else:
+                st.retrain_checked = n
             self.save_state()
         due_eval = (n // lp.eval_interval) * lp.eval_interval if lp.eval_interval else 0
         if due_eval and st.last_eval.get("interactions", -1) < due_eval:
