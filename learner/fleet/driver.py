@@ -133,6 +133,10 @@ class FleetRun:
                             self._metric({"kind": "learner_restart", "error": _short(e), "unix": time.time()})
                             tqdm.write(f"learner actor died ({_short(e)}); Ray restarts it")
                             time.sleep(1.0)
+                        except RayTaskError as e:  # a retrain or evaluation failed: logged, tried again next tick
+                            self._metric({"kind": "learner_error", "error": _short(e), "unix": time.time()})
+                            tqdm.write(f"learner: {_short(e)}; the collectors go on, the learner tries again")
+                            time.sleep(5.0)
                         pending[learner.tick.remote()] = ("learner", -1)
                         continue
                     st = self.status[w]

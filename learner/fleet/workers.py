@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from data.frame_diff import FrameDiffConfig
+from data.log import LogFormatError
 from data.shards import RunLog, open_shard_writer, shard_path
 from learner.loop.agent import Agent, AgentConfig
 from learner.loop.collect import Collector
@@ -150,11 +151,15 @@ class LearnerWorker:
         self.learner.mark_saved()
 
     def count(self) -> int:
-        """Committed records over all shards now."""
+        """Committed records over all shards now (the last count while a collector is still creating its shard:
+        a half-created store is not a log yet)."""
         if self.log is None:
             if not _has_log(self.run_dir):
                 return 0
-            self.log = RunLog.open(self.run_dir)
+            try:
+                self.log = RunLog.open(self.run_dir)
+            except LogFormatError:
+                return 0
         self.log.refresh()
         return len(self.log)
 
