@@ -201,14 +201,10 @@ def verify_text(v: VerifyResult, path: Path) -> str:
 
 
 def shard_verify_json(v: RunVerifyResult, path: Path) -> dict[str, Any]:
-    """A sharded run's verify result: records are global indices; `shard_records` the shard's own."""
+    """A sharded run's verify result (`verify_json`'s keys): records are global indices; per shard and per
+    damaged chunk also the shard and `shard_records`, the shard's own indices."""
     return {
-        "path": str(path),
-        "ok": not v.damage,
-        "records": v.records,
-        "hypothesis_rows": v.hypothesis_rows,
-        "chunks": v.chunks,
-        "damaged_records": list(v.damaged_records),
+        **verify_json(v, path),
         "shards": [{"shard": str(r.shard.path), "worker_id": r.shard.worker_id, "robot_kind": r.shard.robot_kind,
                     "records": r.result.records, "damaged_records": sorted({x for d in r.damage for x in d.records})}
                    for r in v.shards],
