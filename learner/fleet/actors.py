@@ -35,16 +35,12 @@ class ModelBoard:
     def newer_than(self, version: int) -> tuple[int, bytes] | None:
         return (self.version, self.payload) if self.version > version and self.payload is not None else None
 
-    def latest_version(self) -> int:
-        return self.version
-
 
 @ray.remote(num_cpus=0, max_restarts=RESTARTS, max_task_retries=0)
 class CollectorActor:
     def __init__(self, spec: CollectorSpec, board: Any) -> None:
         self.worker = CollectorWorker(spec)
         self.board = board
-        self.version = 0
 
     def pid(self) -> int:
         return os.getpid()
@@ -54,9 +50,9 @@ class CollectorActor:
 
     def interact(self) -> dict[str, Any] | None:
         """Hot-swap the newest published model, then one interaction (None: this worker's quota is done)."""
-        newer = ray.get(self.board.newer_than.remote(self.version))
+        newer = ray.get(self.board.newer_than.remote(self.worker.collector.model_version))
         if newer is not None:
-            self.version = self.worker.set_model(newer[1])
+            self.worker.set_model(newer[1])
         return self.worker.interact()
 
     def close(self) -> None:

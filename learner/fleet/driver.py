@@ -17,7 +17,6 @@ learner (its checkpoint, a half-done retrain included).
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
+
+from learner.loop.learner_side import append_metric
 
 MAX_FAILURES = 3
 STATUS_EVERY_S = 30.0
@@ -37,7 +38,6 @@ class WorkerStatus:
     quota: int
     records: int = 0
     model_version: int = 0
-    done: bool = False
     failures: int = 0  # robot errors in a row
     restarts: int = 0
     killed_by_driver: bool = False  # the driver restarted it after a robot error: its next call may find it down
@@ -65,8 +65,7 @@ class FleetRun:
         self._stop = False
 
     def _metric(self, rec: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(rec, default=float) + "\n")
+        append_metric(self.metrics_path, rec)
 
     def _on_sigint(self, signum, frame) -> None:
         if self._stop:
@@ -93,8 +92,7 @@ class FleetRun:
             start_total = sum(s.records for s in self.status.values())
             self._metric({"kind": "run_start", "workers": len(collectors), "interactions": start_total,
                           "per_worker": {w: s.records for w, s in self.status.items()}, "unix": time.time()})
-            self.summary_out = self._drive(ray, learner, collectors, start_total, t_start)
-            return self.summary_out
+            return self._drive(ray, learner, collectors, start_total, t_start)
         finally:
             ray.shutdown()
 
@@ -111,8 +109,6 @@ class FleetRun:
         for w, st in self.status.items():
             if st.records < st.quota:
                 submit(w)
-            else:
-                st.done = True
         pending[learner.tick.remote()] = ("learner", -1)
         learner_version, last_status = 0, time.time()
         old = signal.signal(signal.SIGINT, self._on_sigint)
@@ -159,7 +155,6 @@ class FleetRun:
                         if st.failures >= MAX_FAILURES:
                             tqdm.write(f"collector {w}: {st.failures} failures in a row, stopped: {_short(e)}")
                             ray.kill(collectors[w], no_restart=True)
-                            st.done = True
                             continue
                         tqdm.write(f"collector {w} failed ({_short(e)}); restarting it")
                         ray.kill(collectors[w], no_restart=False)
@@ -168,8 +163,7 @@ class FleetRun:
                         if not self._stop:
                             submit(w)
                         continue
-                    if row is None:
-                        st.done = True
+                    if row is None:  # its quota is done
                         continue
                     st.failures, st.killed_by_driver = 0, False
                     st.records, st.model_version = row["shard_records"], row["model_version"]

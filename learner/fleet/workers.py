@@ -26,7 +26,7 @@ from data.frame_diff import FrameDiffConfig
 from data.log import LogFormatError
 from data.shards import RunLog, open_shard_writer, shard_path
 from learner.loop.agent import Agent, AgentConfig
-from learner.loop.collect import Collector
+from learner.loop.collect import Collector, robot_image_size
 from learner.loop.init_source import resolve_init
 from learner.loop.learner_side import EvalTarget, LearnerState, LoopLearner, atomic_json
 from learner.loop.provenance import code_version
@@ -85,10 +85,8 @@ class CollectorWorker:
         if "seed" in robot_cfg:  # every worker its own scenes
             robot_cfg["seed"] = int(robot_cfg["seed"]) + 1000 * spec.worker_id
         self.robot = make_robot_from_dict(robot_cfg)
-        cfg = getattr(self.robot, "cfg", None)
-        height, width = int(getattr(cfg, "height", 240)), int(getattr(cfg, "width", 320))
-        self.log = open_shard_writer(self.run_dir, spec.worker_id, getattr(self.robot, "kind", "unknown"), height,
-                                     width, code_version=code_version())  # repairs a torn tail of a killed writer
+        self.log = open_shard_writer(self.run_dir, spec.worker_id, getattr(self.robot, "kind", "unknown"),
+                                     *robot_image_size(self.robot), code_version=code_version())  # repairs a torn tail
         agent = Agent(spec.agent, np.random.default_rng(spec.seed + 7919 * (spec.worker_id + 1)))
         self.collector = Collector(self.robot, agent, spec.frame_diff)
         self.state_path = self.run_dir / WORKERS_DIR / f"worker_{spec.worker_id:03d}.json"
@@ -100,10 +98,8 @@ class CollectorWorker:
     def done(self) -> int:
         return len(self.log)
 
-    def set_model(self, payload: bytes) -> int:
-        model, version, size = model_from_payload(payload)
-        self.collector.set_model(model, version, size)
-        return version
+    def set_model(self, payload: bytes) -> None:
+        self.collector.set_model(*model_from_payload(payload))
 
     def interact(self) -> dict[str, Any] | None:
         """One interaction (None when this worker's quota is done)."""
@@ -141,7 +137,7 @@ class LearnerWorker:
         self.trainer = Trainer(spec.train, spec.model, seed=spec.loop.seed)
         self.learner = LoopLearner(self.run_dir, spec.loop, self.trainer, state, self._save_state, spec.eval_target,
                                    self.run_dir)
-        self.log = RunLog.open(self.run_dir) if _has_log(self.run_dir) else None
+        self.log: RunLog | None = None  # opened by `count` once a shard exists
         init = self.learner.load(self.count(), resolve_init(spec.init) if spec.init else None)
         if init is not None:
             self.learner.start_from(init)
@@ -184,15 +180,7 @@ class LearnerWorker:
         """After the collectors stopped: every retrain still due, a usable model, a final evaluation, the model
         file."""
         n = self.count()
-        self.learner.catch_up(n)  # the retrain (and evaluation) still due: the last retrain point is always met
-        while self.learner.retrain_due(n):  # loop.retrain_points=every: one retrain per point left
-            self.learner.catch_up(n)
-        lp = self.learner.loop
-        if self.trainer.model_version == 0 and lp.train_steps > 0 and n > 0:
-            self.learner.retrain()  # always leave a trained, usable model
-        if self.learner.state.last_eval.get("model_version") != self.trainer.model_version:
-            self.learner.evaluate()
-        self.learner.export_model()
+        self.learner.finish(n)
         self._save_state()
         st = self.learner.state
         return {"records": n, "model_version": self.trainer.model_version, "train_steps": self.trainer.step,

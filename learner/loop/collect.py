@@ -23,6 +23,12 @@ from learner.model.backend import torch_segmenter
 from robot.base import Robot
 
 
+def robot_image_size(robot: Robot) -> tuple[int, int]:
+    """(H, W) pixels of the robot's camera images, from its config (240x320 when it names none)."""
+    cfg = getattr(robot, "cfg", None)
+    return int(getattr(cfg, "height", 240)), int(getattr(cfg, "width", 320))
+
+
 class Collector:
     """The robot, the agent and the model it acts on; one `interact` per interaction."""
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from data.frame_diff import FrameDiffConfig
 from data.log import InteractionLog
 from learner.loop.agent import Agent, AgentConfig
-from learner.loop.collect import Collector
+from learner.loop.collect import Collector, robot_image_size
 from learner.loop.init_source import InitSource
 from learner.loop.learner_side import EvalTarget, LearnerState, LoopLearner, atomic_json
 from learner.loop.provenance import code_version
@@ -135,14 +135,8 @@ class InteractiveLoop:
     def _metric(self, rec: dict[str, Any]) -> None:
         self.learner.metric(rec)
 
-    def export_model(self) -> Path:
-        return self.learner.export_model()
-
     def evaluate(self) -> dict[str, float]:
         return self.learner.evaluate()
-
-    def retrain(self) -> None:
-        self.learner.retrain()
 
     # ---------------------------------------------------------------- one interaction
     def interact(self, log: InteractionLog) -> dict[str, Any]:
@@ -198,11 +192,7 @@ class InteractiveLoop:
                         self._save_state()
                         bar.update(1)
                         bar.set_postfix(self._postfix())
-                    if self.trainer.model_version == 0 and lp.train_steps > 0 and self.state.interactions > 0:
-                        self.retrain()  # always leave a trained, usable model
-                    if self.state.last_eval.get("model_version") != self.trainer.model_version:
-                        self.evaluate()
-                    self.export_model()
+                    self.learner.finish(self.state.interactions)
             finally:
                 bar.close()
                 signal.signal(signal.SIGINT, old)
@@ -214,8 +204,7 @@ class InteractiveLoop:
 
     # ---------------------------------------------------------------- reporting
     def _image_size(self) -> tuple[int, int]:
-        cfg = getattr(self.robot, "cfg", None)
-        return (int(getattr(cfg, "height", 240)), int(getattr(cfg, "width", 320)))
+        return robot_image_size(self.robot)
 
     def _session_update(self, row: dict[str, Any]) -> None:
         s = self.session

@@ -60,6 +60,12 @@ class EvalTarget:
     cell: str = ""
 
 
+def append_metric(path: Path, rec: dict[str, Any]) -> None:
+    """Append one row to a run's metrics.jsonl (one write per line)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(rec, default=float) + "\n")
+
+
 def atomic_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=float))
@@ -86,8 +92,7 @@ class LoopLearner:
 
     # ---------------------------------------------------------------- persistence
     def metric(self, rec: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(rec, default=float) + "\n")
+        append_metric(self.metrics_path, rec)
 
     def load(self, n: int, init: InitSource | None) -> InitSource | None:
         """After the state was read: resume the checkpoint (then `init` is ignored and None is returned)."""
@@ -172,7 +177,7 @@ class LoopLearner:
             if pending or (lp.train_steps > 0 and self.trainer.model_version <= self._saved_version):
                 changed = self.retrain()
             ui = lp.update_interval
-            if getattr(lp, "retrain_points", "merge") == "every" and n // ui > st.retrain_checked // ui:
+            if lp.retrain_points == "every" and n // ui > st.retrain_checked // ui:
                 st.retrain_checked = (st.retrain_checked // ui + 1) * ui  # the next point: later ones stay due
             else:
                 st.retrain_checked = n
@@ -182,6 +187,18 @@ class LoopLearner:
             self.evaluate()
             self.save_state()
         return changed
+
+    def finish(self, n: int) -> None:
+        """The end of a run of `n` records: every retrain still due (one per point with `retrain_points=every`),
+        a trained model even if no retrain point was reached, an evaluation of the final model, the model file."""
+        self.catch_up(n)
+        while self.retrain_due(n):
+            self.catch_up(n)
+        if self.trainer.model_version == 0 and self.loop.train_steps > 0 and n > 0:
+            self.retrain()  # always leave a trained, usable model
+        if self.state.last_eval.get("model_version") != self.trainer.model_version:
+            self.evaluate()
+        self.export_model()
 
     def retrain(self) -> bool:
         """One warm-started retrain of `loop.train_steps` steps on the whole log, or the rest of one a kill cut
@@ -205,11 +222,11 @@ class LoopLearner:
         return True
 
     def _training_source(self):
-        """The log's training source: updated with the new records when it can be, else built again."""
-        if self._source is not None and hasattr(self._source, "update"):
-            self._source.update()
-        else:
+        """The log's training source, built once and then updated with the new records only."""
+        if self._source is None:
             self._source = log_source(self.log_path, self.trainer.cfg)
+        else:
+            self._source.update()
         return self._source
 
     # ---------------------------------------------------------------- evaluation
