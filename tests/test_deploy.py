@@ -352,7 +352,7 @@ def test_card_without_clean_up_keys_keeps_the_old_proposals(tiny, scenes, tmp_pa
     card_path = tmp_path / "old" / CARD_NAME
     card = json.loads(card_path.read_text())
     for k in ("table_gate_m", "largest_component", "score_description", "table_gate", "depth_edge_m",
-              "contested_overlap", "contested", "parameters", "support_region"):
+              "contested_overlap", "contested", "parameters", "support_region", "table_gate_z2"):
         card["proposals"].pop(k)
     card["proposals"]["score"] = "mean objectness probability in the mask x mean mask probability in the mask"
     card["proposals"]["objectness_threshold"] = 0.5

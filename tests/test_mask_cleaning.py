@@ -305,3 +305,66 @@ def test_propose_frees_contested_pixels_of_its_own_proposals():
     assert freed.sum() > 100
     # every freed pixel was covered by at least two proposals
     assert (off.masks.sum(axis=0)[freed.any(axis=0)] >= 2).all()
+
+
+def _far_table(z_m: float, H: int = 240, W: int = 320) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A table seen straight on at z_m metres (depth in metres, K), with a 9 mm warp of its surface (what a
+    Kinect's far range does to a real table) and a 4 cm box; returns depth, K, warp mask, box mask."""
+    K = np.array([[260.0, 0, (W - 1) / 2], [0, 260.0, (H - 1) / 2], [0, 0, 1]])
+    depth = np.full((H, W), z_m, np.float32)
+    warp = np.zeros((H, W), bool)
+    warp[40:80, 40:100] = True
+    box = np.zeros((H, W), bool)
+    box[140:200, 200:270] = True
+    depth[warp] -= 0.009
+    depth[box] -= 0.04
+    return depth, K, warp, box
+
+
+@pytest.mark.parametrize("z_m", [0.7, 1.6])
+def test_the_table_gate_grows_with_range_like_sensor_noise(z_m):
+    """A 9 mm warp of a table 1.6 m away is table under the range-dependent gate (0.005 z^2 = 12.8 mm
+    there) and object under the fixed 5 mm one; at 0.7 m both gates are 5 mm and it stays object. A
+    4 cm box is object either way."""
+    depth, K, warp, box = _far_table(z_m)
+    valid = depth > 0
+    h = height_above_plane(depth, K)
+    assert abs(float(np.median(h[warp])) - 0.009) < 0.001  # the plane fit sees the warp
+    fixed = table_pixels(h, valid, TABLE_GATE_M)
+    grown = table_pixels(h, valid, TABLE_GATE_M, depth, DEFAULTS.table_gate_z2)
+    assert DEFAULTS.table_gate_z2 > 0  # on by default
+    assert not fixed[warp].any() and not fixed[box].any()
+    assert grown[warp].all() == (z_m > 1.0) and not grown[box].any()
+    assert table_pixels(h, valid, TABLE_GATE_M, depth, 0.0).tolist() == fixed.tolist()  # 0: a fixed gate
+
+
+class _DiscBackend:
+    """A `learner.proposals.segmenter.Backend` whose heads decode discs (see _disk_heads) everywhere."""
+
+    input_size = None
+    spec = InputSpec()
+    latent_weight = None
+    mc_shape = None
+
+    def __init__(self, H: int, W: int):
+        self.heads, self.head = _disk_heads(H, W, radius=12.0, rng=np.random.default_rng(1))
+
+    def run(self, x, trunk_scale=None):
+        return self.heads
+
+
+def test_the_segmenter_never_proposes_the_warped_far_table():
+    """Through the one pipeline (`Segmenter.predict`): with the range-dependent gate no hypothesis keeps
+    a pixel of the far table's warp; with a fixed gate (table_gate_z2 = 0) hypotheses lie on it. The
+    box is found either way."""
+    from learner.proposals.segmenter import Segmenter
+
+    depth, K, warp, box = _far_table(1.6)
+    rgb = np.full((*depth.shape, 3), 128, np.uint8)
+    seg = Segmenter(_DiscBackend(*depth.shape), DEFAULTS.replace(objectness_threshold=0.0, contested_overlap=None))
+    on = seg.predict(rgb, depth, K)
+    off = seg.predict(rgb, depth, K, table_gate_z2=0.0)
+    assert not on.masks[:, warp].any()
+    assert off.masks[:, warp].any(axis=1).sum() >= 1
+    for inst in (on, off):
+        assert (inst.masks[:, box].sum(axis=1) > 100).any()

@@ -105,8 +105,9 @@ def proposals_card(cfg: ProposalConfig) -> dict[str, Any]:
         "parameters": "learner.proposals.config.ProposalConfig (ProposalConfig.from_card reads this entry)",
         "max_seeds_default": "null = 3 x max_hypotheses",
         "seed_nms_kernel": 3,
-        "table_gate": "pixels with depth whose height above the fitted plane is <= table_gate_m metres are "
-        "removed from every mask (null: off); then, if largest_component, the mask is cut along depth "
+        "table_gate": "pixels with depth whose height above the fitted plane is <= max(table_gate_m, "
+        "table_gate_z2 x z^2) metres (z: the pixel's camera depth in metres) are removed from every mask "
+        "(table_gate_m null: off); then, if largest_component, the mask is cut along depth "
         "steps: pixels with a 4-neighbour nearer by depth_edge_m metres or more (missing depth first "
         "filled with the farthest valid depth within 2 pixels; null: no cut), and only its largest "
         "4-connected component is kept, plus the cut pixels that are not behind it",

@@ -8,7 +8,9 @@ Four rules, none of them uses simulator ground truth (the first three read the r
   table, not object, and is removed from every mask. Pixels without depth are kept: a hole in the
   depth says nothing about the table. Objects lower than the gate (a sheet of paper) cannot be seen
   by this rule; 5 mm is the plane fit's inlier distance, a few times a RealSense's depth noise at
-  tabletop range (val: 3, 5 and 8 mm gave the same AP50 within 0.005, 12 mm lost 0.02).
+  tabletop range (val: 3, 5 and 8 mm gave the same AP50 within 0.005, 12 mm lost 0.02). Past 1 m
+  the gate grows like the sensor noise (`table_gate_z2` * z^2): on real Kinect frames the table 1.4-1.8 m
+  away lies 2-10 mm off the fitted plane and was seen as small objects.
 - **off-support region** (`support_region`, ProposalConfig.support_region): masks are cut to the
   image region over the support plane's extent (`learner.proposals.plane.support_region`: points
   up to 30 cm above the plane whose foot lies in the hull of its largest inlier patch, plus enclosed
@@ -47,12 +49,16 @@ from learner.proposals.plane import support_region
 # jump_m - this, so that float rounding (torch vs numpy input paths) cannot flip a 20 mm step
 _JUMP_TOL_M = 0.00025
 
-def table_pixels(height_m: np.ndarray, valid: np.ndarray, gate_m: float | None) -> np.ndarray | None:
-    """(H, W) bool: pixels with measured depth whose height above the plane is <= gate_m metres.
+def table_pixels(height_m: np.ndarray, valid: np.ndarray, gate_m: float | None,
+                 z_m: np.ndarray | None = None, gate_z2: float = 0.0) -> np.ndarray | None:
+    """(H, W) bool: pixels with measured depth whose height above the plane is <= the gate.
 
-    height_m: (H, W) signed height above the dominant plane in metres (0 where there is no depth or
-    no plane). valid: (H, W) bool, measured depth. Returns None when gating is off (gate_m None) or
-    no plane was found (the height map is all zero): then nothing is removed.
+    height_m: (H, W) signed height above the support plane in metres (0 where there is no depth or
+    no plane). valid: (H, W) bool, measured depth. The gate is gate_m metres, or with z_m (camera
+    depth, metres) and gate_z2 > 0 max(gate_m, gate_z2 * z^2) per pixel: a depth sensor's noise grows
+    with the square of the range, so the far end of a table 2 m away is not seen as objects. Returns
+    None when gating is off (gate_m None) or no plane was found (the height map is all zero): then
+    nothing is removed.
     """
     if gate_m is None:
         return None
@@ -60,7 +66,11 @@ def table_pixels(height_m: np.ndarray, valid: np.ndarray, gate_m: float | None) 
     v = np.asarray(valid, bool)
     if not np.any(h[v] != 0):
         return None
-    return v & (h <= np.float32(gate_m))
+    gate = np.float32(gate_m)
+    if z_m is not None and gate_z2 > 0:
+        z = np.asarray(z_m, np.float32)
+        gate = np.maximum(gate, np.float32(gate_z2) * z * z)
+    return v & (h <= gate)
 
 
 def off_support_pixels(height_m: np.ndarray, valid: np.ndarray, xyz_m: np.ndarray,

@@ -21,7 +21,8 @@ PROPOSAL_SCORES = ("mask", "objectness_x_mask")
 # depth-edge cut and the contested-pixel rule existed)
 LEGACY_CARD_DEFAULTS: dict[str, Any] = {"table_gate_m": None, "largest_component": False,
                                         "score": "objectness_x_mask", "depth_edge_m": None,
-                                        "contested_overlap": None, "support_region": False}
+                                        "contested_overlap": None, "support_region": False,
+                                        "table_gate_z2": 0.0}
 
 
 @dataclass
@@ -37,6 +38,10 @@ class ProposalConfig:
     max_seeds: seeds decoded per frame; None = 3 x max_hypotheses.
     min_area: masks with fewer pixels (network input resolution) are dropped.
     table_gate_m: pixels within this many metres above the support plane are table (None: no gate).
+    table_gate_z2: the gate grows with range like a depth sensor's noise: a pixel at camera depth z
+      metres is table within max(table_gate_m, table_gate_z2 * z^2) metres of the plane (0: a fixed
+      gate). 0.005 is about 3 sigma of a Kinect-like sensor (sigma ~ 1.5 mm at 1 m, 5 mm at 1.8 m) and
+      stays under the fixed 5 mm up to 1 m, the tabletop range of the twin.
     largest_component: keep each mask's largest 4-connected part (after the depth-edge cut).
     score: one of PROPOSAL_SCORES.
     depth_edge_m: cut masks along depth steps of at least this many metres (None: no cut; needs
@@ -55,6 +60,7 @@ class ProposalConfig:
     max_seeds: int | None = None
     min_area: int = 16
     table_gate_m: float | None = 0.005
+    table_gate_z2: float = 0.005
     largest_component: bool = True
     score: str = "mask"
     depth_edge_m: float | None = 0.02
@@ -80,6 +86,8 @@ class ProposalConfig:
             raise ValueError(f"proposals.max_seeds must be null or an integer >= 1, got {self.max_seeds!r}")
         if self.table_gate_m is not None and not 0.0 <= float(self.table_gate_m) <= 0.1:
             raise ValueError(f"proposals.table_gate_m must be null or in [0, 0.1] metres, got {self.table_gate_m}")
+        if not (isinstance(self.table_gate_z2, int | float) and 0.0 <= float(self.table_gate_z2) <= 0.05):
+            raise ValueError(f"proposals.table_gate_z2 must lie in [0, 0.05] metres per square metre, got {self.table_gate_z2!r}")
         if self.depth_edge_m is not None and not 0.0 < float(self.depth_edge_m) <= 0.5:
             raise ValueError(f"proposals.depth_edge_m must be null or in (0, 0.5] metres, got {self.depth_edge_m}")
         if self.contested_overlap is not None:
@@ -156,6 +164,8 @@ def add_proposal_args(parser: argparse.ArgumentParser, defaults: ProposalConfig 
     g.add_argument("--min-area", type=int, default=d.min_area)
     g.add_argument("--table-gate", type=_off_or_float, default=d.table_gate_m, metavar="M",
                    help="metres above the plane still counted as table (0: off)")
+    g.add_argument("--table-gate-z2", type=float, default=d.table_gate_z2, metavar="C",
+                   help="the gate grows to C * z^2 metres at camera depth z (0: a fixed gate)")
     g.add_argument("--no-largest-component", action="store_true", default=not d.largest_component,
                    help="keep every connected part of a mask")
     g.add_argument("--score", choices=PROPOSAL_SCORES, default=d.score)
@@ -171,7 +181,7 @@ def add_proposal_args(parser: argparse.ArgumentParser, defaults: ProposalConfig 
 _ARGS: dict[str, tuple[str, Any]] = {
     "max_hypotheses": ("max_hypotheses", None), "objectness_threshold": ("objectness_threshold", None),
     "nms_iou": ("nms_iou", None), "mask_threshold": ("mask_threshold", None), "min_area": ("min_area", None),
-    "table_gate_m": ("table_gate", None), "largest_component": ("no_largest_component", lambda v: not v),
+    "table_gate_m": ("table_gate", None), "table_gate_z2": ("table_gate_z2", None), "largest_component": ("no_largest_component", lambda v: not v),
     "score": ("score", None), "depth_edge_m": ("depth_edge", None), "contested_overlap": ("contested", None),
     "support_region": ("no_support_region", lambda v: not v),
 }

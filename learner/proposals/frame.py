@@ -206,8 +206,17 @@ def resize_rgbd(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, size_hw: tupl
     else:
         r = np.moveaxis(bilinear(np.moveaxis(rgb.astype(np.float32), 2, 0), H2, W2), 0, 2)
     r2 = np.clip(np.rint(r), 0, 255).astype(np.uint8)
-    d2 = depth[nearest_exact_index(H, H2)][:, nearest_exact_index(W, W2)]
-    return r2, np.ascontiguousarray(d2), scale_intrinsics(K, W2 / W, H2 / H)
+    return r2, resize_depth(depth, (H2, W2)), scale_intrinsics(K, W2 / W, H2 / H)
+
+
+def resize_depth(depth: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """(H, W) depth in metres -> (H', W') nearest-exact (no value is invented between surfaces); the
+    depth `resize_rgbd` hands to `make_input`."""
+    H, W = depth.shape[:2]
+    H2, W2 = int(size_hw[0]), int(size_hw[1])
+    if (H2, W2) == (H, W):
+        return depth
+    return np.ascontiguousarray(depth[nearest_exact_index(H, H2)][:, nearest_exact_index(W, W2)])
 
 
 

@@ -81,17 +81,19 @@ def propose(
     spec: InputSpec | None = None,
     output_size: tuple[int, int] | None = None,
     latent: tuple[np.ndarray, np.random.Generator] | None = None,
+    depth_m: np.ndarray | None = None,
 ) -> Proposals:
     """Proposals from the heads of network input x ((1,8,H,W), `learner.proposals.frame.make_input`;
     its valid, z and plane-height channels drive the clean-up). output_size: the frame's (H,W)
     (default the input size). latent: (weight (Kp,Z), rng) of a latent model: every seed decodes
     with its own prior sample, eps ~ N(0, I) float32 drawn from rng for the seeds strongest first;
-    None = the prior mean."""
+    None = the prior mean. depth_m: (H, W) camera depth in metres at the input resolution (the depth
+    x was made from), for the range-dependent table gate (cfg.table_gate_z2); None: a fixed gate."""
     spec = spec or InputSpec()
     H, W = int(x.shape[-2]), int(x.shape[-1])
     valid = x[0, 6] > 0.5
     height = x[0, 7] * np.float32(spec.height_scale_m)
-    table = table_pixels(height, valid, cfg.table_gate_m)
+    table = table_pixels(height, valid, cfg.table_gate_m, depth_m, cfg.table_gate_z2)
     off = off_support_pixels(height, valid, x[0, 3:6] * np.float32(spec.xyz_scale_m), cfg.support_region)
     if off is not None:
         table = off if table is None else (table | off)
