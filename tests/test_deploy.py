@@ -120,8 +120,9 @@ def test_export_card_and_files(tiny):
     # the proposal parameters are ProposalConfig's defaults, plus what they mean
     pc = card["proposals"]
     assert {k: pc[k] for k in ProposalConfig().to_card()} == ProposalConfig().to_card()
-    assert pc["max_hypotheses"] == 20 and pc["min_area"] == 16 and pc["max_seeds"] is None
+    assert pc["max_hypotheses"] == 20 and pc["min_area"] == 64 and pc["max_seeds"] is None
     assert pc["objectness_threshold"] == 0.1 and pc["table_gate_m"] == 0.005 and pc["largest_component"] is True
+    assert pc["table_gate_z2"] == 0.005
     assert pc["depth_edge_m"] == 0.02 and pc["contested_overlap"] == 0.25 and pc["score"] == "mask"
     assert {"table_gate", "contested", "score_description", "max_seeds_default", "seed_nms_kernel"} <= set(pc)
     assert ProposalConfig.from_card(pc) == ProposalConfig() == tiny["seg"].proposals
