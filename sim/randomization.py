@@ -277,6 +277,16 @@ CELLS: dict[str, dict[str, dict]] = {
         "light": {"ambient": (0.4, 0.45), "diffuse": (0.4, 0.5), "warmth": (0.8, 1.0)},
         "depth": {"model_weights": (0.0, 1.0), "band_prob": 1.0, "band_sides": ("left",), "band_side_weights": (1.0,)},
     },
+    # a close, steep view from the far side (wide: 0.4-1.2 m, 25-85 degrees, any yaw) over a glossy
+    # rectangular table that loses depth in a spot, bright cool light, a RealSense-like sensor with its
+    # band on the right
+    "close_glossy": {
+        "camera": {"distance": (0.55, 0.6), "elevation_deg": (70.0, 75.0), "yaw_deg": (-10.0, 10.0),
+                   "roll_deg": (4.0, 6.0), "target_jitter_xy": 0.02},
+        "table": {"shapes": ("rect",), "shape_weights": (1.0,), "shiny_prob": 1.0},
+        "light": {"ambient": (0.65, 0.75), "diffuse": (0.6, 0.8), "warmth": (-1.0, -0.8)},
+        "depth": {"model_weights": (1.0, 0.0), "band_prob": 1.0, "band_sides": ("right",), "band_side_weights": (1.0,)},
+    },
 }
 
 
