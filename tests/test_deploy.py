@@ -122,7 +122,7 @@ def test_export_card_and_files(tiny):
     assert {k: pc[k] for k in ProposalConfig().to_card()} == ProposalConfig().to_card()
     assert pc["max_hypotheses"] == 20 and pc["min_area"] == 64 and pc["max_seeds"] is None
     assert pc["objectness_threshold"] == 0.1 and pc["table_gate_m"] == 0.005 and pc["largest_component"] is True
-    assert pc["table_gate_z2"] == 0.005
+    assert pc["table_gate_z2"] == 0.005 and pc["refine_px"] == 4
     assert pc["depth_edge_m"] == 0.02 and pc["contested_overlap"] == 0.25 and pc["score"] == "mask"
     assert {"table_gate", "contested", "score_description", "max_seeds_default", "seed_nms_kernel"} <= set(pc)
     assert ProposalConfig.from_card(pc) == ProposalConfig() == tiny["seg"].proposals
@@ -299,10 +299,10 @@ def test_onnx_and_torch_give_the_same_instances(tiny, scenes, size):
     inst = seg.predict(rgb, depth, K)
     assert inst.masks.shape[1:] == rgb.shape[:2]
     _assert_same_instances(inst, ts.predict(rgb, depth, K))
-    # predict is the pipeline over the backend's heads, nothing else
-    x, _, depth_m, _ = seg.prepare(rgb, depth, K)
+    # predict is the pipeline over the backend's heads and the frame's depth, nothing else
+    x, _, depth_m, Km = seg.prepare(rgb, depth, K)
     for s, mine in ((seg, inst), (ts, None)):
-        p = propose(s.backend.run(x), x, s.proposals, s.backend.head, s.backend.spec, depth_m.shape)
+        p = propose(s.backend.run(x), x, s.proposals, s.backend.head, s.backend.spec, depth_m.shape, None, depth_m, Km)
         mine = mine if mine is not None else s.predict(rgb, depth, K)
         assert np.array_equal(p.masks, mine.masks) and np.array_equal(p.scores, mine.scores)
         assert np.array_equal(p.points, mine.points) and p.num_seeds == mine.info["num_seeds"]
@@ -353,7 +353,7 @@ def test_card_without_clean_up_keys_keeps_the_old_proposals(tiny, scenes, tmp_pa
     card_path = tmp_path / "old" / CARD_NAME
     card = json.loads(card_path.read_text())
     for k in ("table_gate_m", "largest_component", "score_description", "table_gate", "depth_edge_m",
-              "contested_overlap", "contested", "parameters", "support_region", "table_gate_z2"):
+              "contested_overlap", "contested", "parameters", "support_region", "table_gate_z2", "refine_px"):
         card["proposals"].pop(k)
     card["proposals"]["score"] = "mean objectness probability in the mask x mean mask probability in the mask"
     card["proposals"]["objectness_threshold"] = 0.5

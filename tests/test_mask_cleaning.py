@@ -190,11 +190,13 @@ def test_depth_edge_cut_separates_touching_objects_in_a_real_pile():
 
 
 def test_propose_cuts_masks_at_depth_edges():
-    """Every proposal is already cut (cutting again changes nothing); without the cut some are not."""
+    """Every proposal is already cut (cutting again changes nothing); without the cut some are not. (The
+    cut works at the network's resolution; snapping to the frame afterwards, refine_px, may take in the
+    sensor's missing pixels along an outline, which the cut counts as the far side: off here.)"""
     obs, label = _frame(seed=5, clutter="piled")
     seg = _sprawling_segmenter()  # sprawling masks of a random net cross depth edges
-    uncut = seg.predict(obs["rgb"], obs["depth"], obs["K"], depth_edge_m=None).masks
-    cut = seg.predict(obs["rgb"], obs["depth"], obs["K"]).masks
+    uncut = seg.predict(obs["rgb"], obs["depth"], obs["K"], depth_edge_m=None, refine_px=0).masks
+    cut = seg.predict(obs["rgb"], obs["depth"], obs["K"], refine_px=0).masks
     x = make_input(obs["rgb"], obs["depth"], obs["K"])[0]  # the z channel the pipeline cuts on
     edges = depth_edges(x[5] * InputSpec().xyz_scale_m, x[6] > 0.5, DEPTH_EDGE_M)
 
@@ -368,3 +370,40 @@ def test_the_segmenter_never_proposes_the_warped_far_table():
     assert off.masks[:, warp].any(axis=1).sum() >= 1
     for inst in (on, off):
         assert (inst.masks[:, box].sum(axis=1) > 100).any()
+
+
+def test_snap_to_frame_fits_a_blocky_mask_to_its_object_and_nothing_else():
+    """A mask decoded at half resolution (2 x 2 blocks, short of or past the object's outline by a
+    pixel or three) snapped to a 640 x 480 frame: it loses the table it covered, grows over the
+    object's outline including the pixels the sensor lost there, and stops at the table, at a touching
+    box 5 cm nearer the camera and at another hypothesis. (Snapping does not cut masks: the depth-edge
+    cut at the network's resolution does.)"""
+    from learner.proposals.cleaning import snap_to_frame
+
+    H, W = 480, 640
+    K = np.array([[600.0, 0, 319.5], [0, 600.0, 239.5], [0, 0, 1]])
+    depth = np.full((H, W), 0.8, np.float32)  # the table, seen straight on
+    obj = np.zeros((H, W), bool)
+    obj[201:281, 151:251] = True  # 4 cm tall box, odd edges: the half-resolution blocks straddle them
+    depth[obj] = 0.76
+    near = np.zeros((H, W), bool)
+    near[201:281, 251:300] = True  # a box touching it on the right, 5 cm nearer the camera
+    depth[near] = 0.71
+    other = np.zeros((H, W), bool)
+    other[150:190, 400:480] = True  # another object, with its own hypothesis
+    depth[other] = 0.75
+    lost = np.zeros((H, W), bool)
+    lost[280, 151:251] = True  # the sensor lost the box's bottom outline
+    depth[lost] = 0.0
+    coarse = np.zeros((H // 2, W // 2), bool)
+    coarse[101:140, 74:125] = True  # a row short at the top and bottom and a column on the right, 3 wide on the left
+    blocky = np.repeat(np.repeat(coarse, 2, 0), 2, 1)
+    masks = np.stack([blocky, other])
+    out = snap_to_frame(masks, depth, K, TABLE_GATE_M, DEFAULTS.table_gate_z2, grow_px=4, jump_m=DEPTH_EDGE_M)
+    iou = lambda a, b: (a & b).sum() / (a | b).sum()  # noqa: E731
+    assert iou(out[0], obj) > 0.99 > iou(blocky, obj) + 0.05
+    assert out[0][lost].all() and not out[0][near].any() and not (out[0] & other).any()
+    assert not out[0][(depth == np.float32(0.8))].any()  # no table pixel
+    assert np.array_equal(out[1], other)  # its mask was exact: nothing to add, nothing to remove
+    # no plane (all zero depth) or no gate: unchanged
+    assert snap_to_frame(masks, depth, K, None, 0.0, 4, DEPTH_EDGE_M) is masks

@@ -10,8 +10,8 @@ Every caller goes through `propose`: the agent, evaluation, the benchmarks, the 
    upsampled bilinearly to the network input size, sigmoid > mask_threshold; only the crop that can
    exceed the threshold is upsampled (exact: a bilinear value is a convex combination of its 4
    source cells). Latent models can decode every seed with its own prior sample;
-3. clean-up (`learner.proposals.cleaning`): pixels within table_gate_m of the support plane (input
-   channel 7) and, with support_region, pixels off the support plane's extent (walls, floor, the
+3. clean-up (`learner.proposals.cleaning`): pixels within the table gate of the support plane (input
+   channel 7; table_gate_m, growing as table_gate_z2 * z^2 with range) and, with support_region, pixels off the support plane's extent (walls, floor, the
    background, missing depth joined to the image border; seeds there were dropped in step 1) are
    removed, the mask is cut along depth steps of at least depth_edge_m (from the input's
    z channel), then only the largest 4-connected component is kept;
@@ -20,7 +20,9 @@ Every caller goes through `propose`: the agent, evaluation, the benchmarks, the 
 5. greedy mask-IoU NMS, at most max_hypotheses;
 6. contested pixels: two kept masks that share fewer than contested_overlap of the smaller one's
    pixels both lose the shared strip; masks left under min_area are dropped; scores unchanged;
-7. masks resized to the frame's resolution with nearest-exact, seed points mapped to frame pixels.
+7. masks resized to the frame's resolution with nearest-exact, seed points mapped to frame pixels;
+8. with the frame's depth and refine_px: masks snapped to the frame's own depth (table gate at full
+   resolution, growth by up to refine_px pixels into depth-continuous pixels of no other mask).
 
 Heads (numpy, batch 1): objectness (1,1,h,w) logits, features (1,D,h,w), kernels (1,Kp,h,w) with
 Kp = (D+2)*Hd + Hd + Hd + 1 laid out as w1 (Hd, D+2) row-major | b1 (Hd) | w2 (Hd) | b2 (1); latent
@@ -42,10 +44,11 @@ from learner.proposals.cleaning import (
     contested_pairs,
     depth_edges,
     off_support_pixels,
+    snap_to_frame,
     table_pixels,
 )
 from learner.proposals.config import ProposalConfig
-from learner.proposals.frame import InputSpec, bilinear, linear_coeffs, nearest_exact_index
+from learner.proposals.frame import InputSpec, bilinear, linear_coeffs, nearest_exact_index, resize_depth
 
 
 @dataclass(frozen=True)
@@ -81,19 +84,23 @@ def propose(
     spec: InputSpec | None = None,
     output_size: tuple[int, int] | None = None,
     latent: tuple[np.ndarray, np.random.Generator] | None = None,
-    depth_m: np.ndarray | None = None,
+    frame_depth_m: np.ndarray | None = None,
+    frame_K: np.ndarray | None = None,
 ) -> Proposals:
     """Proposals from the heads of network input x ((1,8,H,W), `learner.proposals.frame.make_input`;
     its valid, z and plane-height channels drive the clean-up). output_size: the frame's (H,W)
     (default the input size). latent: (weight (Kp,Z), rng) of a latent model: every seed decodes
     with its own prior sample, eps ~ N(0, I) float32 drawn from rng for the seeds strongest first;
-    None = the prior mean. depth_m: (H, W) camera depth in metres at the input resolution (the depth
-    x was made from), for the range-dependent table gate (cfg.table_gate_z2); None: a fixed gate."""
+    None = the prior mean. frame_depth_m / frame_K: the frame's own depth (metres, 0 = missing) and
+    intrinsics, at output_size: the range-dependent table gate (cfg.table_gate_z2) reads the depth,
+    and the masks are snapped to it (cfg.refine_px, `cleaning.snap_to_frame`); None: a fixed gate and
+    no snapping."""
     spec = spec or InputSpec()
     H, W = int(x.shape[-2]), int(x.shape[-1])
     valid = x[0, 6] > 0.5
     height = x[0, 7] * np.float32(spec.height_scale_m)
-    table = table_pixels(height, valid, cfg.table_gate_m, depth_m, cfg.table_gate_z2)
+    z_in = None if frame_depth_m is None else resize_depth(frame_depth_m, (H, W))  # the depth x was made from
+    table = table_pixels(height, valid, cfg.table_gate_m, z_in, cfg.table_gate_z2)
     off = off_support_pixels(height, valid, x[0, 3:6] * np.float32(spec.xyz_scale_m), cfg.support_region)
     if off is not None:
         table = off if table is None else (table | off)
@@ -107,6 +114,11 @@ def propose(
     out_hw = (H, W) if output_size is None else (int(output_size[0]), int(output_size[1]))
     masks, scores, pts, n_seeds = propose_from_heads(
         heads["objectness"], heads["features"], heads["kernels"], (H, W), head, cfg, out_hw, table, edges, lat, off)
+    if cfg.refine_px > 0 and frame_depth_m is not None and frame_K is not None and len(masks):
+        masks = snap_to_frame(masks, frame_depth_m, frame_K, cfg.table_gate_m, cfg.table_gate_z2, cfg.refine_px,
+                              cfg.depth_edge_m)
+        keep = masks.reshape(len(masks), -1).any(axis=1)
+        masks, scores, pts = masks[keep], scores[keep], pts[keep]
     if out_hw != (H, W):
         pts = pts.copy()
         pts[:, 0] = (pts[:, 0] + 0.5) * (out_hw[1] / W) - 0.5

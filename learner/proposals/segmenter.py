@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from learner.proposals.config import ProposalConfig
-from learner.proposals.frame import InputSpec, check_inputs, make_input, resize_depth, resize_rgbd
+from learner.proposals.frame import InputSpec, check_inputs, make_input, resize_rgbd
 from learner.proposals.mask_sets import ConfidenceConfig, MaskSet, confidence_masks, union_nms
 from learner.proposals.pipeline import HeadSpec, interior_points, propose
 from learner.proposals.tta import TTAConfig, make_transforms, sample_with_transforms
@@ -213,8 +213,7 @@ class Segmenter:
             if self.backend.latent_weight is None:
                 raise ModelError("this model has no latent code (latent_dim = 0); use sampler 'tta' or 'mc_dropout'")
             latent = (self.backend.latent_weight, latent_rng)
-        z_in = resize_depth(depth_m, x.shape[-2:])  # the depth make_input was given
-        p = propose(heads, x, cfg, self.backend.head, self.backend.spec, depth_m.shape, latent, z_in)
+        p = propose(heads, x, cfg, self.backend.head, self.backend.spec, depth_m.shape, latent, depth_m, Km)
         return Instances(p.masks, p.scores, p.points, depth_m, Km, {"num_seeds": p.num_seeds})
 
     def config(self, **overrides: Any) -> ProposalConfig:
