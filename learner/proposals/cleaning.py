@@ -43,7 +43,7 @@ import numpy as np
 
 from learner.proposals.config import check_contested_overlap
 from learner.proposals.mask_sets import intersection_counts
-from learner.proposals.plane import support_region
+from learner.proposals.plane import SupportPlane, support_plane, support_region
 
 # depth is quantised to whole millimetres (uint16 sensors, the sim camera): a jump counts from
 # jump_m - this, so that float rounding (torch vs numpy input paths) cannot flip a 20 mm step
@@ -215,25 +215,25 @@ def clean_mask(mask: np.ndarray, table: np.ndarray | None, keep_largest: bool,
 
 
 def snap_to_frame(masks: np.ndarray, depth_m: np.ndarray, K: np.ndarray, gate_m: float | None, gate_z2: float,
-                  grow_px: int, jump_m: float | None, above_m: float = 0.295) -> np.ndarray:
+                  grow_px: int, jump_m: float | None, plane: SupportPlane | None = None,
+                  above_m: float = 0.295) -> np.ndarray:
     """Masks decoded at the network's resolution, snapped to the frame's own depth (`refine_px`).
 
     masks: (N, H, W) bool at the frame's resolution, best first; depth_m: (H, W) camera depth in
-    metres (0 = missing); K: (3, 3) the frame's intrinsics. Each mask loses the table pixels of the
-    frame (the table gate at full resolution: a mask pasted from a coarser grid covers blocks of
-    table along its outline), then grows by up to grow_px pixels, one ring at a time, into pixels of
-    no other mask (better masks first) that either have no depth (a sensor loses the pixels along an
-    object's outline) or stand between the gate and above_m metres over the plane (no wall or
-    background) and are depth-continuous (within jump_m metres; None: 2 cm) with the 4-neighbour of
-    the mask they grow from. Returns a new (N, H, W) bool; the input when there is no plane or the
-    gate is off."""
-    from learner.proposals.plane import height_above_plane
-
+    metres (0 = missing); K: (3, 3) the frame's intrinsics; plane: the support plane (camera frame;
+    None: fitted on this depth). Each mask loses the table pixels of the frame (the table gate at
+    full resolution: a mask pasted from a coarser grid covers blocks of table along its outline),
+    then grows by up to grow_px pixels, one ring at a time, into pixels of no other mask (better
+    masks first) that either have no depth (a sensor loses the pixels along an object's outline) or
+    stand between the gate and above_m metres over the plane (no wall or background) and are
+    depth-continuous (within jump_m metres; None: 2 cm) with the 4-neighbour of the mask they grow
+    from. Returns a new (N, H, W) bool; the input when there is no plane or the gate is off."""
     if gate_m is None or len(masks) == 0:
         return masks
     d = np.asarray(depth_m, np.float32)
     valid = d > 0
-    h = height_above_plane(d, np.asarray(K, np.float64))
+    Kf = np.asarray(K, np.float64)
+    h = (plane or support_plane(d, Kf)).height(d, Kf)
     table = table_pixels(h, valid, gate_m, d, gate_z2)
     if table is None:
         return masks
@@ -241,15 +241,15 @@ def snap_to_frame(masks: np.ndarray, depth_m: np.ndarray, K: np.ndarray, gate_m:
     jump = np.float32(0.02 if jump_m is None else jump_m)
     out = masks & ~table[None]
     claimed = out.any(axis=0)
+    rows, cols = out.any(axis=2), out.any(axis=1)
     H, W = d.shape
     for i in range(len(out)):
-        m = out[i]
-        ys, xs = np.nonzero(m)
+        ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
         if ys.size == 0:
             continue
-        y0, y1 = max(int(ys.min()) - grow_px, 0), min(int(ys.max()) + grow_px + 1, H)
-        x0, x1 = max(int(xs.min()) - grow_px, 0), min(int(xs.max()) + grow_px + 1, W)
-        mc, zc = m[y0:y1, x0:x1].copy(), d[y0:y1, x0:x1]
+        y0, y1 = max(int(ys[0]) - grow_px, 0), min(int(ys[-1]) + grow_px + 1, H)
+        x0, x1 = max(int(xs[0]) - grow_px, 0), min(int(xs[-1]) + grow_px + 1, W)
+        mc, zc = out[i, y0:y1, x0:x1].copy(), d[y0:y1, x0:x1]
         open_c = free[y0:y1, x0:x1] & ~claimed[y0:y1, x0:x1]
         for _ in range(int(grow_px)):
             ring = np.zeros_like(mc)

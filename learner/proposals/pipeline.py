@@ -48,7 +48,15 @@ from learner.proposals.cleaning import (
     table_pixels,
 )
 from learner.proposals.config import ProposalConfig
-from learner.proposals.frame import InputSpec, bilinear, linear_coeffs, nearest_exact_index, resize_depth
+from learner.proposals.frame import (
+    InputSpec,
+    bilinear,
+    linear_coeffs,
+    nearest_exact_index,
+    resize_depth,
+    scale_intrinsics,
+)
+from learner.proposals.plane import support_plane
 
 
 @dataclass(frozen=True)
@@ -115,8 +123,10 @@ def propose(
     masks, scores, pts, n_seeds = propose_from_heads(
         heads["objectness"], heads["features"], heads["kernels"], (H, W), head, cfg, out_hw, table, edges, lat, off)
     if cfg.refine_px > 0 and frame_depth_m is not None and frame_K is not None and len(masks):
+        K_in = scale_intrinsics(np.asarray(frame_K, np.float64), W / out_hw[1], H / out_hw[0])
+        plane = support_plane(z_in, K_in)  # the plane of the input's height channel (one fit per frame size)
         masks = snap_to_frame(masks, frame_depth_m, frame_K, cfg.table_gate_m, cfg.table_gate_z2, cfg.refine_px,
-                              cfg.depth_edge_m)
+                              cfg.depth_edge_m, plane)
         keep = masks.reshape(len(masks), -1).any(axis=1)
         masks, scores, pts = masks[keep], scores[keep], pts[keep]
     if out_hw != (H, W):

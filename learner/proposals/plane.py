@@ -464,10 +464,21 @@ def height_above_plane(depth: np.ndarray, K: np.ndarray, cfg: PlaneFitConfig | N
     0 where depth is missing or no plane could be fitted (too few valid points).
     """
     cfg = cfg or PlaneFitConfig()
+    d = _usable_depth(depth, cfg)
+    return support_plane(d, K, cfg).height(d, np.asarray(K, np.float64))
+
+
+def _usable_depth(depth: np.ndarray, cfg: PlaneFitConfig) -> np.ndarray:
     d = np.asarray(depth, dtype=np.float32)
-    d = np.where(np.isfinite(d) & (d >= cfg.min_depth_m) & (d <= cfg.max_depth_m), d, np.float32(0.0))
-    sp = find_support_plane(d, K, cfg, camera_height_m=_POSE_PRIOR.get())
-    return sp.height(d, np.asarray(K, np.float64))
+    return np.where(np.isfinite(d) & (d >= cfg.min_depth_m) & (d <= cfg.max_depth_m), d, np.float32(0.0))
+
+
+def support_plane(depth: np.ndarray, K: np.ndarray, cfg: PlaneFitConfig | None = None) -> SupportPlane:
+    """The SupportPlane `height_above_plane` measures from (camera frame; within `use_camera_pose` the
+    pose's table height picks it). A plane is resolution-free: fitted on a frame resized for the
+    network, it gives the heights of the full-resolution frame with its own K."""
+    cfg = cfg or PlaneFitConfig()
+    return find_support_plane(_usable_depth(depth, cfg), K, cfg, camera_height_m=_POSE_PRIOR.get())
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
