@@ -115,6 +115,7 @@ def test_sigkill_then_restart_loses_nothing_committed(tmp_path):
         ("loop.interactions=-3", "loop.interactions"),
         ("loop.interactionz=5", "interactionz"),
         ("learner.tau=1.5", "learner.tau"),
+        ("learner.init_lr=-1", "learner.init_lr"),
         ("learner.model.latent_dim=-1", "learner.model.latent_dim"),
         ("agent.selection=greedy", "agent.selection"),
         ("loop.eval_domain=mars", "loop.eval_domain"),
@@ -180,6 +181,35 @@ def test_init_from_a_run_then_resume(trained_run, tmp_path):
     assert [m["kind"] for m in metrics(run)].count("init") == 1
     assert interaction_indices(run) == list(range(6))
     assert json.loads((run / "loop_state.json").read_text())["init"]["source"] == str(trained_run)
+
+
+def test_a_run_from_learner_init_fine_tunes_at_init_lr(tmp_path):
+    """learner.init_lr is the learning rate of a run that starts, or resumed once started, from learner.init
+    (single process: loop_state.json; actor-learner: learner_state.json); a run from scratch keeps learner.lr,
+    also when resumed with learner.init given again; null turns it off."""
+    from omegaconf import OmegaConf
+
+    from learner.loop.config import LearnerSchema
+    from learner.loop.setup import train_config
+
+    def lr(run: Path, **learner) -> float:
+        return train_config(OmegaConf.create({"learner": OmegaConf.structured(LearnerSchema(**learner))}), run).lr
+
+    base, fine = LearnerSchema().lr, LearnerSchema().init_lr
+    assert fine is not None and fine < base
+    fresh = tmp_path / "fresh"
+    assert lr(fresh) == base and lr(fresh, init="runs/wide") == fine and lr(fresh, init="runs/wide", init_lr=None) == base
+    for state_name in ("loop_state.json", "learner_state.json"):
+        run = tmp_path / state_name
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.pt").write_bytes(b"")
+        (run / state_name).write_text(json.dumps({"init": {"source": "runs/wide"}}))
+        assert lr(run) == fine  # resumed: the run's own record decides, not the command line
+    scratch = tmp_path / "scratch"
+    (scratch / "checkpoints").mkdir(parents=True)
+    (scratch / "checkpoints" / "last.pt").write_bytes(b"")
+    (scratch / "loop_state.json").write_text(json.dumps({"init": {}}))
+    assert lr(scratch, init="runs/wide") == base
 
 
 def test_init_from_an_onnx_export_uses_its_source(trained_run, tmp_path):

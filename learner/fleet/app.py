@@ -20,9 +20,8 @@ from learner.loop.agent import AgentConfig
 from learner.loop.config import to_dataclass, validate
 from learner.loop.interactive import LoopSettings
 from learner.loop.learner_side import EvalTarget
-from learner.loop.setup import check_model, init_source, run_checked
+from learner.loop.setup import check_model, init_source, run_checked, train_config
 from learner.model.network import SegmenterConfig
-from learner.train.trainer import TrainConfig
 
 
 def build_fleet(cfg: DictConfig, run_dir: str):
@@ -31,7 +30,7 @@ def build_fleet(cfg: DictConfig, run_dir: str):
     run directory is not resumed as a fleet, nor the reverse; shards that disagree are refused)."""
     validate(cfg)
     model_cfg = SegmenterConfig.from_dict(OmegaConf.to_container(cfg.learner.model, resolve=True))
-    train_cfg = to_dataclass(TrainConfig, cfg.learner)
+    train_cfg = train_config(cfg, run_dir)
     check_model(cfg, run_dir, model_cfg)
     run = Path(run_dir)
     if (run / "interactions.zarr").exists():

@@ -53,10 +53,12 @@ class LearnerSchema(TrainConfig):
     """Training settings (learner/train/trainer.py TrainConfig) plus the network. The loop's training
     steps and seed are loop.train_steps and loop.seed. `init`: start a fresh run directory from a trained
     model (a run directory, a checkpoint .pt or an ONNX export's source checkpoint; its architecture wins
-    over `model`); "" = from scratch; ignored when the run directory resumes from its own checkpoint."""
+    over `model`); "" = from scratch; ignored when the run directory resumes from its own checkpoint.
+    `init_lr`: the peak learning rate of a run started from `init` (fine-tuning; null: `lr`)."""
 
     model: ModelSchema = field(default_factory=ModelSchema)
     init: str = ""
+    init_lr: float | None = 0.0005
 
 
 @dataclass
@@ -139,6 +141,7 @@ def validate(cfg: Any) -> None:
     _check(0 < lr.tau <= 1, "learner.tau", f"must be in (0, 1], got {lr.tau}")
     _check(lr.batch_size >= 1, "learner.batch_size", f"must be >= 1, got {lr.batch_size}")
     _check(lr.lr > 0, "learner.lr", f"must be > 0, got {lr.lr}")
+    _check(lr.get("init_lr") is None or lr.init_lr > 0, "learner.init_lr", f"must be null or > 0, got {lr.get('init_lr')}")
     _check(0 <= lr.pseudo_fraction <= 1, "learner.pseudo_fraction", f"must be in [0, 1], got {lr.pseudo_fraction}")
     _check(lr.model.latent_dim >= 0, "learner.model.latent_dim", f"must be >= 0 (0 = no latent code), got {lr.model.latent_dim}")
     _check(lr.kl_weight >= 0, "learner.kl_weight", f"must be >= 0, got {lr.kl_weight}")

@@ -107,12 +107,28 @@ def check_model(cfg: DictConfig, run_dir: str | Path, model_cfg: SegmenterConfig
 
 
 def _started_from(run_dir: str | Path) -> str | None:
-    """The learner.init source a run started from (its loop_state.json), None if none or unreadable."""
-    try:
-        init = json.loads((Path(run_dir) / "loop_state.json").read_text()).get("init") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
-    return init.get("source") if isinstance(init, dict) else None
+    """The learner.init source a run started from (the learner state of a single-process run,
+    loop_state.json, or of an actor-learner run, learner_state.json), None if none or unreadable."""
+    for name in ("loop_state.json", "learner_state.json"):
+        try:
+            init = json.loads((Path(run_dir) / name).read_text()).get("init") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(init, dict) and init.get("source"):
+            return str(init["source"])
+    return None
+
+
+def train_config(cfg: DictConfig, run_dir: str | Path) -> TrainConfig:
+    """`learner.*` as the TrainConfig of a run. A run that starts (or, resumed, started) from `learner.init`
+    fine-tunes at `learner.init_lr` (null: at `learner.lr` like a run from scratch)."""
+    tc = to_dataclass(TrainConfig, cfg.learner)
+    init_lr = cfg.learner.get("init_lr")
+    resumed = (Path(run_dir) / "checkpoints" / CHECKPOINT_NAME).exists()
+    from_init = _started_from(run_dir) if resumed else str(cfg.learner.get("init", "") or "")
+    if init_lr is not None and from_init:
+        tc.lr = float(init_lr)
+    return tc
 
 
 def check_log(loop: InteractiveLoop) -> None:
@@ -131,7 +147,7 @@ def build_loop(cfg: DictConfig, run_dir: str) -> InteractiveLoop:
     the run directory is written: the config's ranges, a resume's architecture and its log."""
     validate(cfg)
     model_cfg = SegmenterConfig.from_dict(OmegaConf.to_container(cfg.learner.model, resolve=True))
-    train_cfg = to_dataclass(TrainConfig, cfg.learner)
+    train_cfg = train_config(cfg, run_dir)
     if (Path(run_dir) / "shards").is_dir():
         raise ValueError(f"{run_dir} is an actor-learner run (shards/): resume it with loop.workers=N (N > 0), or start "
                          "a single-process run in a new hydra.run.dir; nothing was changed")
