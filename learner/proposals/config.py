@@ -98,7 +98,8 @@ class ProposalConfig:
         if self.table_gate_m is not None and not 0.0 <= float(self.table_gate_m) <= 0.1:
             raise ValueError(f"proposals.table_gate_m must be null or in [0, 0.1] metres, got {self.table_gate_m}")
         if not (isinstance(self.table_gate_z2, int | float) and 0.0 <= float(self.table_gate_z2) <= 0.05):
-            raise ValueError(f"proposals.table_gate_z2 must lie in [0, 0.05] metres per square metre, got {self.table_gate_z2!r}")
+            raise ValueError("proposals.table_gate_z2 must lie in [0, 0.05] metres per square metre, "
+                             f"got {self.table_gate_z2!r}")
         if self.depth_edge_m is not None and not 0.0 < float(self.depth_edge_m) <= 0.5:
             raise ValueError(f"proposals.depth_edge_m must be null or in (0, 0.5] metres, got {self.depth_edge_m}")
         if self.contested_overlap is not None:
@@ -194,7 +195,8 @@ def add_proposal_args(parser: argparse.ArgumentParser, defaults: ProposalConfig 
 _ARGS: dict[str, tuple[str, Any]] = {
     "max_hypotheses": ("max_hypotheses", None), "objectness_threshold": ("objectness_threshold", None),
     "nms_iou": ("nms_iou", None), "mask_threshold": ("mask_threshold", None), "min_area": ("min_area", None),
-    "table_gate_m": ("table_gate", None), "table_gate_z2": ("table_gate_z2", None), "largest_component": ("no_largest_component", lambda v: not v),
+    "table_gate_m": ("table_gate", None), "table_gate_z2": ("table_gate_z2", None),
+    "largest_component": ("no_largest_component", lambda v: not v),
     "score": ("score", None), "depth_edge_m": ("depth_edge", None), "contested_overlap": ("contested", None),
     "support_region": ("no_support_region", lambda v: not v), "refine_px": ("refine_px", None),
 }

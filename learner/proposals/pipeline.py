@@ -11,10 +11,11 @@ Every caller goes through `propose`: the agent, evaluation, the benchmarks, the 
    exceed the threshold is upsampled (exact: a bilinear value is a convex combination of its 4
    source cells). Latent models can decode every seed with its own prior sample;
 3. clean-up (`learner.proposals.cleaning`): pixels within the table gate of the support plane (input
-   channel 7; table_gate_m, growing as table_gate_z2 * z^2 with range) and, with support_region, pixels off the support plane's extent (walls, floor, the
-   background, missing depth joined to the image border; seeds there were dropped in step 1) are
-   removed, the mask is cut along depth steps of at least depth_edge_m (from the input's
-   z channel), then only the largest 4-connected component is kept;
+   channel 7; table_gate_m, growing as table_gate_z2 * z^2 with range) and, with support_region, pixels
+   off the support plane's extent (walls, floor, the background, missing depth joined to the image
+   border; seeds there were dropped in step 1) are removed, the mask is cut along depth steps of at
+   least depth_edge_m (from the input's z channel), then only the largest 4-connected component is
+   kept;
 4. score = mean mask probability inside the mask ("mask"), or that times the mean objectness
    probability ("objectness_x_mask"); masks smaller than min_area dropped;
 5. greedy mask-IoU NMS, at most max_hypotheses;
