@@ -1149,6 +1149,9 @@ def parse_range(text: str | None, n: int) -> range:
     return r
 
 
+SERVE_SHUTDOWN_S = 10.0  # after Ctrl-C, how long `--rerun` (serve) waits for Rerun's servers to stop
+
+
 def rerun_export(log: AnyLog, n: int, args: argparse.Namespace) -> int:
     """`--rerun [OUT.rrd]`: the records of `--range` and their metrics rows as a Rerun recording."""
     from data.rerun_view import (
@@ -1156,6 +1159,7 @@ def rerun_export(log: AnyLog, n: int, args: argparse.Namespace) -> int:
         has_display,
         open_stream,
         recording_id_for,
+        stop_serving,
         viewer_executable,
         write_log,
     )
@@ -1187,9 +1191,12 @@ def rerun_export(log: AnyLog, n: int, args: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("stopped serving", file=sys.stderr)
-    finally:
-        view.close()
+        print("stopped serving", file=sys.stderr, flush=True)
+    if not stop_serving(view, SERVE_SHUTDOWN_S):
+        print(f"the Rerun server did not shut down within {SERVE_SHUTDOWN_S:g} s (a viewer still connected): "
+              "leaving without it", file=sys.stderr, flush=True)  # fmt: skip
+        sys.stdout.flush()
+        os._exit(0)  # its threads would keep the interpreter from exiting; nothing of the log is open for writing
     return 0
 
 

@@ -442,6 +442,28 @@ def viewer_executable() -> str | None:
     return str(here) if here.exists() else shutil.which("rerun")
 
 
+def stop_serving(view: RerunView, timeout_s: float = 10.0) -> bool:
+    """Close a served recording and shut Rerun down, waiting at most timeout_s seconds. False when the
+    shutdown did not finish: Rerun's web and gRPC servers can wait on a viewer connection that is still
+    open (rerun-io/rerun#1843); the caller then leaves without them (nothing is lost: a served recording
+    lives only in this process, the log on disk is never written)."""
+    import threading
+
+    rr = require_rerun()
+
+    def close() -> None:
+        view.close()
+        rr.rerun_shutdown()
+
+    closer = threading.Thread(target=close, name="rerun-shutdown", daemon=True)
+    closer.start()
+    closer.join(timeout_s)
+    if closer.is_alive():
+        return False
+    rr.unregister_shutdown()  # done: the at-exit handler would only wait on it again
+    return True
+
+
 def open_stream(target: str | os.PathLike, *, recording_id: str | None = None, name: str | None = None,
                 grpc_port: int = 9876, web_port: int = 9090) -> tuple[Any, str]:
     """A RecordingStream writing to `target`, and a sentence saying where the data goes.

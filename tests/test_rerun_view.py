@@ -336,3 +336,22 @@ def test_bad_viz_settings_fail_at_start(tmp_path, overrides, needle):
     r = run_loop(tmp_path / "run", *overrides, timeout=120)
     assert r.returncode == 2 and needle in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "run" / "interactions.zarr").exists()
+
+
+def test_stop_serving_gives_up_on_a_server_that_does_not_stop():
+    """Rerun's servers can wait on a viewer connection that stays open (rerun-io/rerun#1843): the serve mode's
+    shutdown is bounded, and says it did not finish (data.inspect then exits without it)."""
+    need_rerun()
+    import threading
+
+    from data.rerun_view import stop_serving
+
+    never = threading.Event()
+
+    class StuckView:
+        def close(self):
+            never.wait()  # a daemon thread blocked for good: rerun's own shutdown is never reached
+
+    t0 = time.monotonic()
+    assert stop_serving(StuckView(), timeout_s=0.3) is False
+    assert time.monotonic() - t0 < 3.0
