@@ -74,6 +74,7 @@ import html
 import json
 import math
 import os
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -1186,6 +1187,9 @@ def rerun_export(log: AnyLog, n: int, args: argparse.Namespace) -> int:
             print(f"wrote {args.rerun} ({human_bytes(Path(args.rerun).stat().st_size)})", file=sys.stderr)
         return 0
     view.flush()
+    # a process started in the background of a shell without job control inherits SIGINT ignored (and Python
+    # then never raises KeyboardInterrupt): "until Ctrl-C" must hold wherever it runs
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print("serving until Ctrl-C", file=sys.stderr, flush=True)
     try:
         while True:

@@ -283,12 +283,15 @@ def _free_port() -> int:
 
 
 def test_rerun_without_a_file_serves_the_web_viewer(sim_run):
+    """Serves until Ctrl-C, also when started with SIGINT ignored (a background job of a shell without job
+    control, as a CI runner may start it: Python then never raises KeyboardInterrupt by itself)."""
     need_rerun()
     grpc, web = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     proc = subprocess.Popen([sys.executable, "-m", "data.inspect", str(sim_run), "--rerun", "--range", "0:3",
                              "--grpc-port", str(grpc), "--web-port", str(web)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
     try:
         lines = []
         deadline = time.monotonic() + 120
