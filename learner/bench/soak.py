@@ -10,7 +10,8 @@ processes and actors, the learner in the middle of a retrain. After every kill i
 committed record count never fell and whether the kill cut a retrain (the checkpoint holds an unfinished
 one). After the kills the same command runs to the end; a reference run without kills (RUN_ref) gives
 the model version (number of retrains) a single-process soaked run must end at (a fleet's learner merges
-retrain points it missed, so there the last point must be met). Writes OUT/soak.json and prints a summary. Simulator only; the small network of the loop's tests keeps one round short.
+retrain points it missed, so there the last point must be met). Writes OUT/soak.json and prints a
+summary. Simulator only; the small network of the loop's tests keeps one round short.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from learner.loop.learner_side import learner_state_path
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
@@ -68,11 +71,9 @@ def final_version(run: Path) -> int:
 
 
 def last_retrain_point(run: Path) -> int:
-    """The log size at the learner's last handled retrain point (learner_state.json or loop_state.json)."""
-    for name in ("learner_state.json", "loop_state.json"):
-        if (run / name).exists():
-            return int(json.loads((run / name).read_text()).get("retrain_checked", -1))
-    return -1
+    """The log size at the learner's last handled retrain point (from its state file), -1 before one."""
+    path = learner_state_path(run)
+    return int(json.loads(path.read_text()).get("retrain_checked", -1)) if path else -1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
         "duplicate_train_rows": len(train_rows) - len(set(train_rows)),
         "wall_s": time.time() - t0, "command": " ".join(cmd), "per_kill": kills,
     }
-    (out / "soak.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "per_kill"}, indent=1))
     # single process: every retrain point is met, so the soaked run must end at the reference's model version;
     # the fleet's learner merges the points it missed (learner/loop/learner_side.py): the last point must be met

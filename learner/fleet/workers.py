@@ -28,14 +28,13 @@ from data.shards import RunLog, open_shard_writer, shard_path
 from learner.loop.agent import Agent, AgentConfig
 from learner.loop.collect import Collector, robot_image_size
 from learner.loop.init_source import resolve_init
-from learner.loop.learner_side import EvalTarget, LearnerState, LoopLearner, atomic_json
+from learner.loop.learner_side import FLEET_LEARNER_STATE, EvalTarget, LearnerState, LoopLearner, atomic_json
 from learner.loop.provenance import code_version
 from learner.model.checkpoint import model_from_checkpoint, trained_size
 from learner.model.network import SegmenterConfig
 from learner.train.trainer import TrainConfig, Trainer
 
 WORKERS_DIR = "workers"
-LEARNER_STATE = "learner_state.json"
 
 
 def quota(total: int, workers: int, worker_id: int) -> int:
@@ -132,7 +131,7 @@ class LearnerWorker:
 
     def __init__(self, spec: LearnerSpec):
         self.run_dir = Path(spec.run_dir)
-        self.state_path = self.run_dir / LEARNER_STATE
+        self.state_path = self.run_dir / FLEET_LEARNER_STATE
         state = LearnerState.from_json(json.loads(self.state_path.read_text())) if self.state_path.exists() else LearnerState()
         self.trainer = Trainer(spec.train, spec.model, seed=spec.loop.seed)
         self.learner = LoopLearner(self.run_dir, spec.loop, self.trainer, state, self._save_state, spec.eval_target,

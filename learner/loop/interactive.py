@@ -38,7 +38,7 @@ from data.log import InteractionLog
 from learner.loop.agent import Agent, AgentConfig
 from learner.loop.collect import Collector, robot_image_size
 from learner.loop.init_source import InitSource
-from learner.loop.learner_side import EvalTarget, LearnerState, LoopLearner, atomic_json
+from learner.loop.learner_side import LOOP_STATE, EvalTarget, LearnerState, LoopLearner, atomic_json
 from learner.loop.provenance import code_version
 from learner.model.network import SegmenterConfig
 from learner.proposals.config import ProposalConfig
@@ -101,7 +101,7 @@ class InteractiveLoop:
         self.frame_diff = frame_diff
         self.config_snapshot = config_snapshot or {}
         self.log_path = self.run_dir / "interactions.zarr"
-        self.state_path = self.run_dir / "loop_state.json"
+        self.state_path = self.run_dir / LOOP_STATE
         self.init = init  # used only when the run directory has no checkpoint of its own (see _load)
         self.trainer = Trainer(train_cfg, model_cfg, seed=loop.seed)
         self.agent = Agent(agent_cfg, np.random.default_rng(loop.seed))

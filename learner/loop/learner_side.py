@@ -66,6 +66,18 @@ def append_metric(path: Path, rec: dict[str, Any]) -> None:
         f.write(json.dumps(rec, default=float) + "\n")
 
 
+# where a run keeps its learner's state: a single-process run (with the robot side's) or an actor-learner run
+LOOP_STATE, FLEET_LEARNER_STATE = "loop_state.json", "learner_state.json"
+
+
+def learner_state_path(run_dir: str | Path) -> Path | None:
+    """The state file of a run's learner (a run directory holds one of the two layouts), None if none yet."""
+    for name in (LOOP_STATE, FLEET_LEARNER_STATE):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
+
+
 def atomic_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=float))

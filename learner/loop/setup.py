@@ -29,6 +29,7 @@ from learner.loop.agent import AgentConfig
 from learner.loop.config import to_dataclass, validate
 from learner.loop.init_source import InitSource, resolve_init
 from learner.loop.interactive import InteractiveLoop, LoopSettings
+from learner.loop.learner_side import learner_state_path
 from learner.model.checkpoint import read_checkpoint
 from learner.model.network import SegmenterConfig
 from learner.train.trainer import CHECKPOINT_NAME, TrainConfig
@@ -107,16 +108,15 @@ def check_model(cfg: DictConfig, run_dir: str | Path, model_cfg: SegmenterConfig
 
 
 def _started_from(run_dir: str | Path) -> str | None:
-    """The learner.init source a run started from (the learner state of a single-process run,
-    loop_state.json, or of an actor-learner run, learner_state.json), None if none or unreadable."""
-    for name in ("loop_state.json", "learner_state.json"):
-        try:
-            init = json.loads((Path(run_dir) / name).read_text()).get("init") or {}
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(init, dict) and init.get("source"):
-            return str(init["source"])
-    return None
+    """The learner.init source a run started from (its learner's state file), None if none or unreadable."""
+    path = learner_state_path(run_dir)
+    if path is None:
+        return None
+    try:
+        init = json.loads(path.read_text()).get("init") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(init["source"]) if isinstance(init, dict) and init.get("source") else None
 
 
 def train_config(cfg: DictConfig, run_dir: str | Path) -> TrainConfig:
